@@ -1,0 +1,66 @@
+"""create_app(): the FastAPI application and the services it holds for its lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from common.jobstore import JobStore, redis_from_url
+from common.settings import Settings, get_settings
+
+from . import errors
+from .enqueue import Enqueuer
+from .limits import BodySizeLimit
+from .models_directory import ModelDirectory
+from .relay import StreamRelay
+from .routes import jobs, system
+
+log = logging.getLogger("genq.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = redis_from_url(settings.redis_url, socket_timeout=5.0, max_connections=512)
+        store = JobStore(
+            redis, retention_s=settings.retention_s, max_attempts=settings.max_attempts
+        )
+        # The relay's connection blocks on reads; it gets a client of its own without a
+        # socket timeout, so a quiet stream is not mistaken for a dead connection.
+        relay_redis = redis_from_url(settings.redis_url, socket_timeout=None)
+        relay = StreamRelay(relay_redis, store, queue_size=settings.sse_queue_size)
+        st = app.state
+        st.settings = settings
+        st.redis = redis
+        st.store = store
+        st.relay = relay
+        st.enqueuer = Enqueuer(settings, redis)
+        st.directory = ModelDirectory(settings, redis)
+        st.hashed_keys = settings.hashed_api_keys()
+        st.hashed_admin_keys = settings.hashed_admin_keys()
+        await relay.start()
+        log.info("genq API up; Redis at %s", settings.redacted_redis_url)
+        try:
+            yield
+        finally:
+            await relay.stop()
+            st.enqueuer.close()
+            await relay_redis.aclose()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="genq",
+        version="0.1.0",
+        summary="LLM generation as durable jobs: submit, poll, stream, cancel.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(jobs.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

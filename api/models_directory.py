@@ -1,0 +1,54 @@
+"""Which model a request is for, and whether anyone serves it."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from common.errors import ModelNotFound, NoWorker
+from common.models import WorkerInfo
+from common.settings import Settings
+from common.workers import live_workers, models_served
+
+
+class ModelDirectory:
+    """Live workers by model, cached for a second (the API asks on every request)."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, cache_s: float = 1.0):
+        self.settings = settings
+        self.redis = redis
+        self.cache_s = cache_s
+        self._at = 0.0
+        self._served: dict[str, list[WorkerInfo]] = {}
+
+    async def served(self) -> dict[str, list[WorkerInfo]]:
+        now = time.monotonic()
+        if now - self._at > self.cache_s:
+            self._served = models_served(
+                await live_workers(self.redis, self.settings.worker_ttl_s)
+            )
+            self._at = now
+        return self._served
+
+    def configured(self) -> set[str]:
+        return {self.settings.default_model, *self.settings.models}
+
+    async def resolve(self, name: str | None, *, need_worker: bool = False) -> str:
+        """The model a job goes to. Configured models are accepted while no worker serves
+        them (the job waits in the queue), unless `need_worker` (synchronous callers)."""
+        model = name or self.settings.default_model
+        served = await self.served()
+        if model in served:
+            return model
+        if model not in self.configured():
+            known = sorted(set(served) | self.configured())
+            raise ModelNotFound(
+                f"model '{model}' is not served here; available: {', '.join(known)}",
+                param="model",
+            )
+        if need_worker:
+            raise NoWorker(
+                f"no live worker serves model '{model}' right now", param="model", retry_after=5
+            )
+        return model

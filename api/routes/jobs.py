@@ -1,0 +1,210 @@
+"""The native job API: submit, read (with long-poll), stream, cancel, list."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import redis.exceptions as rex
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
+from common.jobstore import JobStore, body_hash
+from common.models import JobAccepted, JobRecord, JobRequest, JobUrls
+from common.states import JobStatus
+
+from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
+from ..enqueue import Enqueuer
+from ..models_directory import ModelDirectory
+from ..relay import EndEvent, StreamRelay
+from ..sse import NDJSON_MEDIA, SSE_MEDIA, encode
+
+log = logging.getLogger("genq.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def get_directory(request: Request) -> ModelDirectory:
+    return request.app.state.directory  # type: ignore[no-any-return]
+
+
+DirectoryDep = Annotated[ModelDirectory, Depends(get_directory)]
+
+
+async def submit_job(
+    job: JobRequest,
+    *,
+    caller: Caller,
+    store: JobStore,
+    enqueuer: Enqueuer,
+    directory: DirectoryDep,
+    max_queue_depth: int,
+    raw_body: bytes,
+    idempotency_key: str | None = None,
+    need_worker: bool = False,
+) -> tuple[str, float, bool]:
+    """Admit, store and enqueue one job. Shared by the native and OpenAI-compatible routes.
+    Returns (job id, created_at, created)."""
+    model = await directory.resolve(job.model, need_worker=need_worker)
+    depth = await enqueuer.depth(model)
+    if depth >= max_queue_depth:
+        raise Overloaded(
+            f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2
+        )
+    job_id, created_at, created = await store.create(
+        job,
+        model=model,
+        owner=caller.owner,
+        idempotency_key=idempotency_key,
+        body_digest=body_hash(raw_body),
+    )
+    if created:
+        try:
+            await enqueuer.send(job_id, model, job)
+        except Exception as exc:
+            log.warning("enqueue of %s failed: %s", job_id, type(exc).__name__)
+            try:
+                await store.discard(job_id, caller.owner, idempotency_key)
+            except (rex.RedisError, OSError):
+                pass
+            raise BackendUnavailable("could not enqueue the job: broker unavailable") from exc
+        log.info("job %s queued for %s %s", job_id, model, job.summary())
+    return job_id, created_at, created
+
+
+def job_urls(request: Request, job_id: str, public_url: str) -> JobUrls:
+    base = (public_url or str(request.base_url)).rstrip("/")
+    return JobUrls(
+        self=f"{base}/v1/jobs/{job_id}",
+        events=f"{base}/v1/jobs/{job_id}/events",
+        cancel=f"{base}/v1/jobs/{job_id}/cancel",
+    )
+
+
+@router.post("", status_code=202, response_model=JobAccepted)
+async def create_job(
+    job: JobRequest,
+    request: Request,
+    caller: CallerDep,
+    store: StoreDep,
+    enqueuer: EnqueuerDep,
+    directory: DirectoryDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> JSONResponse:
+    job_id, created_at, created = await submit_job(
+        job,
+        caller=caller,
+        store=store,
+        enqueuer=enqueuer,
+        directory=directory,
+        max_queue_depth=settings.max_queue_depth,
+        raw_body=await request.body(),
+        idempotency_key=idempotency_key,
+    )
+    status = JobStatus.QUEUED
+    if not created:
+        status = await store.status(job_id) or JobStatus.QUEUED
+    body = JobAccepted(
+        id=job_id,
+        status=status,
+        created_at=created_at,
+        urls=job_urls(request, job_id, settings.public_url),
+    )
+    return JSONResponse(
+        body.model_dump(), status_code=202 if created else 200, headers={"x-genq-job-id": job_id}
+    )
+
+
+async def load_job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
+    rec = await store.get(job_id)
+    if rec is None:
+        raise NotFound(f"job '{job_id}' not found (unknown or past its retention)")
+    await check_owner(store, job_id, caller)
+    return rec
+
+
+async def check_owner(store: JobStore, job_id: str, caller: Caller) -> None:
+    if caller.admin:
+        return
+    owner = await store.owner_of(job_id)
+    if owner is not None and owner != caller.owner:
+        raise Forbidden("this job belongs to another API key")
+
+
+async def wait_terminal(relay: StreamRelay, job_id: str, timeout: float) -> None:
+    async def _wait() -> None:
+        async for ev in relay.listen(job_id, deltas=False):
+            if isinstance(ev, EndEvent):
+                return
+            return  # relay error: stop waiting, the caller reads the record as it is
+
+    try:
+        await asyncio.wait_for(_wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+@router.get("", response_model=list[JobRecord])
+async def list_jobs(
+    caller: CallerDep,
+    store: StoreDep,
+    status: Annotated[JobStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[JobRecord]:
+    """The caller's own jobs, newest first."""
+    return await store.list_jobs(
+        caller.owner, limit=limit, status=status.value if status else None
+    )
+
+
+@router.get("/{job_id}", response_model=JobRecord, response_model_exclude_none=False)
+async def get_job(
+    job_id: str,
+    caller: CallerDep,
+    store: StoreDep,
+    relay: RelayDep,
+    wait: Annotated[float, Query(ge=0, le=300, description="Long-poll up to N s")] = 0,
+) -> JobRecord:
+    rec = await load_job(store, job_id, caller)
+    if wait > 0 and not rec.terminal:
+        await wait_terminal(relay, job_id, wait)
+        rec = await load_job(store, job_id, caller)
+    return rec
+
+
+@router.get("/{job_id}/events")
+async def job_events(
+    job_id: str,
+    request: Request,
+    caller: CallerDep,
+    store: StoreDep,
+    relay: RelayDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=-1, description="Resume after this seq")] = None,
+) -> StreamingResponse:
+    await load_job(store, job_id, caller)
+    after_seq = -1
+    if after is not None:
+        after_seq = after
+    elif last_event_id and last_event_id.strip().lstrip("-").isdigit():
+        after_seq = int(last_event_id.strip())
+    ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
+    events = relay.listen(job_id, after_seq=after_seq)
+    return StreamingResponse(
+        encode(events, ndjson),
+        media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-genq-job-id": job_id},
+    )
+
+
+@router.post("/{job_id}/cancel", response_model=JobRecord)
+async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> JobRecord:
+    await load_job(store, job_id, caller)
+    ok, status = await store.cancel(job_id)
+    if not ok:
+        raise JobFinished(f"job '{job_id}' is already {status}")
+    rec = await store.get(job_id)
+    assert rec is not None
+    return rec

@@ -1,0 +1,328 @@
+"""JobStore: the job record in Redis, moved only by the Lua scripts in common/lua.
+
+Both the API and the workers use it (asyncio, redis.asyncio). Hot paths are batched: the
+worker hands `append_deltas` every job's new text of one loop tick and it goes out as one
+pipeline (one round trip), whatever the number of jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from common import keys
+from common.errors import Conflict
+from common.models import JobError, JobRecord, JobRequest, Usage
+from common.states import JobStatus
+
+_FIELDS_JSON = ("usage", "error", "metadata", "request")
+
+
+def _load(name: str) -> str:
+    lua = resources.files("common.lua")
+    return lua.joinpath("_prelude.lua").read_text() + "\n" + lua.joinpath(name).read_text()
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+def body_hash(body: bytes | str) -> str:
+    data = body.encode() if isinstance(body, str) else body
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def job_keys(job_id: str) -> list[str]:
+    return [
+        keys.job(job_id),
+        keys.job_log(job_id),
+        keys.job_text(job_id),
+        keys.events(job_id),
+        keys.RUNNING,
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelta:
+    """New output of one job in one tick, ready for `append_deltas`."""
+
+    job_id: str
+    text: str
+    tokens: int
+    prompt_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: str  # claimed | skip | expired | exhausted | missing
+    attempts: int = 0
+    status: str = ""
+
+
+class JobStore:
+    def __init__(self, redis: aioredis.Redis, *, retention_s: int = 3600, max_attempts: int = 3):
+        self.redis = redis
+        self.retention_s = retention_s
+        self.max_attempts = max_attempts
+        self._create: AsyncScript = redis.register_script(_load("create.lua"))  # type: ignore[assignment]
+        self._claim: AsyncScript = redis.register_script(_load("claim.lua"))  # type: ignore[assignment]
+        self._append: AsyncScript = redis.register_script(_load("append.lua"))  # type: ignore[assignment]
+        self._finish: AsyncScript = redis.register_script(_load("finish.lua"))  # type: ignore[assignment]
+        self._requeue: AsyncScript = redis.register_script(_load("requeue.lua"))  # type: ignore[assignment]
+
+    # -- creation ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        request: JobRequest,
+        *,
+        model: str,
+        owner: str = "anon",
+        idempotency_key: str | None = None,
+        body_digest: str = "",
+        job_id: str | None = None,
+    ) -> tuple[str, float, bool]:
+        """Store a queued job. Returns (id, created_at, created). created is False when the
+        Idempotency-Key names an existing job with the same body; another body -> Conflict."""
+        job_id = job_id or new_job_id()
+        now = time.time()
+        fields: dict[str, Any] = {
+            "id": job_id,
+            "status": JobStatus.QUEUED.value,
+            "model": model,
+            "owner": owner,
+            "created_at": repr(now),
+            "priority": request.priority,
+            "attempts": 0,
+            "request": request.model_dump_json(exclude_none=True),
+        }
+        if request.metadata:
+            fields["metadata"] = json.dumps(request.metadata)
+        if request.queue_ttl_s:
+            fields["expires_at"] = repr(now + request.queue_ttl_s)
+        if request.timeout_s:
+            fields["timeout_s"] = repr(request.timeout_s)
+        argv: list[Any] = [
+            job_id,
+            body_digest,
+            self.retention_s if idempotency_key else 0,
+            repr(now),
+            repr(now - 7 * 86400),
+        ]
+        for k, v in fields.items():
+            argv += [k, v]
+        idem = keys.idempotency(owner, idempotency_key or "-")
+        res = await self._create(keys=[*job_keys(job_id), idem, keys.owner_jobs(owner)], args=argv)
+        created, existing_id = int(res[0]), _s(res[1])
+        if not created:
+            if _s(res[2]) != body_digest:
+                raise Conflict(
+                    "Idempotency-Key was already used with a different body",
+                    param="Idempotency-Key",
+                )
+            rec = await self.get(existing_id)
+            return existing_id, (rec.created_at if rec else now), False
+        return job_id, now, True
+
+    async def discard(self, job_id: str, owner: str, idempotency_key: str | None) -> None:
+        """Undo a create whose enqueue failed, so a retry with the same key can succeed."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.job(job_id))
+        pipe.zrem(keys.owner_jobs(owner), job_id)
+        if idempotency_key:
+            pipe.delete(keys.idempotency(owner, idempotency_key))
+        await pipe.execute()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, with_request: bool = True) -> JobRecord | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.get(keys.job_text(job_id))
+        raw, text = await pipe.execute()
+        if not raw:
+            return None
+        return record_from_hash(raw, text, with_request=with_request)
+
+    async def owner_of(self, job_id: str) -> str | None:
+        return _s_or_none(await self.redis.hget(keys.job(job_id), "owner"))
+
+    async def status(self, job_id: str) -> JobStatus | None:
+        s = await self.redis.hget(keys.job(job_id), "status")
+        return JobStatus(_s(s)) if s else None
+
+    async def read_log(self, job_id: str, after_seq: int = -1) -> list[bytes]:
+        """Replay-log entries (JSON deltas) with seq > after_seq."""
+        return await self.redis.lrange(keys.job_log(job_id), after_seq + 1, -1)  # type: ignore[no-any-return]
+
+    async def list_jobs(
+        self, owner: str, *, limit: int = 50, status: str | None = None
+    ) -> list[JobRecord]:
+        ids = await self.redis.zrevrange(keys.owner_jobs(owner), 0, max(limit * 4, 200) - 1)
+        out: list[JobRecord] = []
+        for raw_id in ids:
+            rec = await self.get(_s(raw_id), with_request=False)
+            if rec is None or (status and rec.status.value != status):
+                continue
+            out.append(rec)
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- worker side ------------------------------------------------------------------------
+
+    async def claim(self, job_id: str, worker_id: str) -> ClaimResult:
+        res = await self._claim(
+            keys=job_keys(job_id),
+            args=[job_id, worker_id, repr(time.time()), self.max_attempts, self.retention_s],
+        )
+        outcome, extra = _s(res[0]), res[1]
+        if outcome == "claimed":
+            return ClaimResult(outcome, attempts=int(extra))
+        return ClaimResult(outcome, status=_s(extra))
+
+    async def append_deltas(self, worker_id: str, batch: Sequence[PendingDelta]) -> list[int]:
+        """One pipeline for every job's delta of this tick. Returns each seq, -1 if refused."""
+        if not batch:
+            return []
+        now = repr(time.time())
+        pipe = self.redis.pipeline(transaction=False)
+        for d in batch:
+            await self._append(
+                keys=job_keys(d.job_id),
+                args=[
+                    d.job_id,
+                    worker_id,
+                    now,
+                    d.text,
+                    d.tokens,
+                    "" if d.prompt_tokens is None else d.prompt_tokens,
+                ],
+                client=pipe,
+            )
+        return [int(x) for x in await pipe.execute()]
+
+    async def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        allowed: Iterable[JobStatus] = (JobStatus.RUNNING,),
+        worker_id: str = "",
+        finish_reason: str | None = None,
+        usage: Usage | None = None,
+        error: JobError | None = None,
+    ) -> tuple[bool, str]:
+        fields: list[Any] = []
+        if finish_reason is not None:
+            fields += ["finish_reason", finish_reason]
+        if usage is not None:
+            fields += [
+                "prompt_tokens",
+                usage.prompt_tokens,
+                "completion_tokens",
+                usage.completion_tokens,
+            ]
+        if error is not None:
+            fields += ["error", error.model_dump_json()]
+        res = await self._finish(
+            keys=job_keys(job_id),
+            args=[
+                job_id,
+                status.value,
+                repr(time.time()),
+                self.retention_s,
+                ",".join(s.value for s in allowed),
+                worker_id,
+                *fields,
+            ],
+        )
+        return _s(res[0]) == "ok", _s(res[1])
+
+    async def cancel(self, job_id: str) -> tuple[bool, str]:
+        """queued|running -> cancelled, then tell every worker to abort it."""
+        ok, status = await self.finish(
+            job_id,
+            JobStatus.CANCELLED,
+            allowed=(JobStatus.QUEUED, JobStatus.RUNNING),
+            error=None,
+        )
+        if ok:
+            await self.redis.publish(keys.CANCEL_CHANNEL, job_id)
+        return ok, status
+
+    async def requeue_if_dead(self, job_id: str, dead_worker: str) -> str:
+        res = await self._requeue(
+            keys=job_keys(job_id),
+            args=[job_id, dead_worker, repr(time.time()), self.retention_s],
+        )
+        return _s(res)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _s_or_none(v: Any) -> str | None:
+    return None if v is None else _s(v)
+
+
+def _f(raw: dict[str, str], name: str) -> float | None:
+    v = raw.get(name)
+    return float(v) if v not in (None, "") else None
+
+
+def record_from_hash(
+    raw_hash: dict[Any, Any], text: Any, *, with_request: bool = True
+) -> JobRecord:
+    raw = {_s(k): _s(v) for k, v in raw_hash.items()}
+    decoded: dict[str, Any] = {k: json.loads(raw[k]) for k in _FIELDS_JSON if raw.get(k)}
+    prompt_tokens = int(raw.get("prompt_tokens") or 0)
+    completion_tokens = int(raw.get("completion_tokens") or 0)
+    usage = None
+    if "prompt_tokens" in raw or completion_tokens:
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+    return JobRecord(
+        id=raw["id"],
+        status=JobStatus(raw["status"]),
+        model=raw.get("model", ""),
+        created_at=float(raw["created_at"]),
+        started_at=_f(raw, "started_at"),
+        first_token_at=_f(raw, "first_token_at"),
+        finished_at=_f(raw, "finished_at"),
+        attempts=int(raw.get("attempts") or 0),
+        worker=raw.get("worker") or None,
+        text=_s(text) if text is not None else "",
+        finish_reason=raw.get("finish_reason") or None,
+        usage=usage,
+        error=JobError(**decoded["error"]) if "error" in decoded else None,
+        priority=int(raw.get("priority") or 5),
+        metadata=decoded.get("metadata"),
+        request=JobRequest(**decoded["request"]) if with_request and "request" in decoded else None,
+    )
+
+
+def redis_from_url(url: str, **kw: Any) -> aioredis.Redis:
+    """The one way genq opens Redis: short connect timeout so outages fail fast (503, not a
+    hang), health checks on idle pooled connections, TLS when the URL says rediss://."""
+    opts: dict[str, Any] = {
+        "socket_connect_timeout": 2.0,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+        "retry_on_timeout": False,
+    }
+    opts.update(kw)
+    return aioredis.Redis.from_url(url, **opts)

@@ -1,0 +1,75 @@
+"""Every Redis key and channel genq uses, in one place.
+
+    genq:job:{id}            hash   the job record (fields: see common.jobstore.RECORD_FIELDS)
+    genq:job:{id}:log        list   replay log, one JSON delta per element; index == seq
+    genq:job:{id}:text       string output text so far (APPEND per delta batch)
+    genq:events:{id}         pubsub per-job channel: deltas and one terminal message
+    genq:cancel              pubsub cancel requests, every worker listens
+    genq:workers             hash   worker id -> JSON heartbeat (model, max_model_len, ...)
+    genq:worker:{wid}:jobs   set    jobs a worker has claimed and not finished (for the reaper)
+    genq:running             zset   running job ids scored by claim time (for the reaper)
+    genq:idem:{owner}:{key}  string idempotency key -> job id
+    genq:jobs:{owner}        zset   a key owner's job ids by creation time (listing)
+    genq:rate:{owner}:{sec}  string per-key request counter for rate limiting
+
+Celery's own broker keys are the queue names from `queue_for_model` (plus kombu's
+`_kombu.binding.*`, `unacked*`).
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "genq"
+
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+WORKERS = f"{PREFIX}:workers"
+RUNNING = f"{PREFIX}:running"
+QUEUE_PREFIX = "genq."
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_log(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:log"
+
+
+def job_text(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:text"
+
+
+def events(job_id: str) -> str:
+    return f"{PREFIX}:events:{job_id}"
+
+
+EVENTS_PREFIX = f"{PREFIX}:events:"
+
+
+def job_id_from_channel(channel: str) -> str:
+    return channel[len(EVENTS_PREFIX) :]
+
+
+def worker_jobs(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}:jobs"
+
+
+def idempotency(owner: str, key: str) -> str:
+    return f"{PREFIX}:idem:{owner}:{key}"
+
+
+def owner_jobs(owner: str) -> str:
+    return f"{PREFIX}:jobs:{owner}"
+
+
+def rate(owner: str, second: int) -> str:
+    return f"{PREFIX}:rate:{owner}:{second}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def queue_for_model(model: str) -> str:
+    """The Celery queue a model's worker pool consumes (one queue per model)."""
+    return QUEUE_PREFIX + _UNSAFE.sub("_", model)

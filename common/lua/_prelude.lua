@@ -1,0 +1,23 @@
+-- Shared by every job script (prepended before loading). Every script gets the same keys:
+--   KEYS[1] genq:job:{id}        hash: the record
+--   KEYS[2] genq:job:{id}:log    list: replay log (JSON deltas, index == seq)
+--   KEYS[3] genq:job:{id}:text   string: output so far
+--   KEYS[4] genq:events:{id}     pubsub channel of the job
+--   KEYS[5] genq:running         zset: running job ids by claim time
+-- A terminal state never changes: `finish` is only called after the caller checked the
+-- current status, and every script refuses to move a terminal job.
+
+local function is_terminal(s)
+  return s == 'succeeded' or s == 'failed' or s == 'cancelled' or s == 'expired'
+end
+
+-- Move the job to a terminal status, start its retention clock, tell listeners.
+local function finish(id, status, now, retention, fields)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
+  if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+  redis.call('EXPIRE', KEYS[1], retention)
+  redis.call('EXPIRE', KEYS[2], retention)
+  redis.call('EXPIRE', KEYS[3], retention)
+  redis.call('ZREM', KEYS[5], id)
+  redis.call('PUBLISH', KEYS[4], cjson.encode({['end'] = status}))
+end

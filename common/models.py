@@ -1,0 +1,181 @@
+"""The job contract as pydantic models: what clients send, what they read back, what streams."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.states import JobStatus
+
+MAX_PROMPT_CHARS = 1_000_000
+MAX_TOKENS_LIMIT = 1_000_000
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    name: str | None = None
+
+
+class StructuredOutput(BaseModel):
+    """Constrained decoding (vLLM structured outputs). At most one field set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+
+
+class SamplingParams(BaseModel):
+    """The subset of vLLM's SamplingParams a job may set. Ranges follow vLLM's own checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(
+        None, ge=1, le=MAX_TOKENS_LIMIT, description="Default: the worker's default_max_tokens"
+    )
+    min_tokens: int = Field(0, ge=0)
+    stop: list[str] | None = Field(None, max_length=16)
+    stop_token_ids: list[int] | None = Field(None, max_length=64)
+    seed: int | None = None
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    ignore_eos: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    n: int = Field(1, ge=1, le=1, description="One completion per job")
+    structured: StructuredOutput | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stop_as_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("stop"), str):
+            data = {**data, "stop": [data["stop"]]}
+        return data
+
+
+class JobRequest(BaseModel):
+    """Body of POST /v1/jobs. Exactly one of messages, prompt, prompt_token_ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1024)
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt_token_ids: list[int] | None = Field(None, min_length=1, max_length=1_000_000)
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    priority: int = Field(5, ge=0, le=9, description="0 is most urgent, 9 least (Celery/vLLM)")
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
+    queue_ttl_s: float | None = Field(None, gt=0, le=7 * 86400)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> JobRequest:
+        given = [
+            n for n in ("messages", "prompt", "prompt_token_ids") if getattr(self, n) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "exactly one of messages, prompt, prompt_token_ids is required"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.prompt_token_ids is not None and any(t < 0 for t in self.prompt_token_ids):
+            raise ValueError("prompt_token_ids must be non-negative")
+        return self
+
+    @property
+    def input_kind(self) -> str:
+        if self.messages is not None:
+            return "messages"
+        return "prompt" if self.prompt is not None else "prompt_token_ids"
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes and params, never the prompt text: what Flower and logs may show."""
+        size = len(self.messages or self.prompt_token_ids or []) or len(self.prompt or "")
+        return {
+            "input": self.input_kind,
+            "input_size": size,
+            "max_tokens": self.params.max_tokens,
+            "temperature": self.params.temperature,
+            "priority": self.priority,
+        }
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobUrls(BaseModel):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: float
+    urls: JobUrls
+
+
+class JobRecord(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    model: str
+    created_at: float
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    worker: str | None = None
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: JobError | None = None
+    priority: int = 5
+    metadata: dict[str, str] | None = None
+    request: JobRequest | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+
+class Delta(BaseModel):
+    """One streamed piece of output. seq starts at 0 and has no gaps."""
+
+    seq: int
+    text: str
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class WorkerInfo(BaseModel):
+    """A worker's heartbeat, as stored in genq:workers."""
+
+    id: str
+    model: str
+    max_model_len: int
+    max_num_seqs: int
+    in_flight: int = 0
+    ready: bool = True
+    started_at: float
+    heartbeat_at: float
+    hostname: str = ""
+    lora_adapters: list[str] = Field(default_factory=list)

@@ -1,0 +1,75 @@
+"""Settings shared by the API and the workers: environment variables with the GENQ_ prefix.
+
+REDIS_URL (or GENQ_REDIS_URL) names Redis; `redis://:password@host:6379/0` and `rediss://`
+(TLS) both work. Secrets (Redis password, API keys) are never logged: use `redacted_redis_url`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "GENQ_REDIS_URL")
+    )
+    default_model: str = Field(DEFAULT_MODEL_NAME, description="Model used when a job names none")
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models accepted even while no worker serves them (jobs wait in the queue)",
+    )
+    retention_s: int = Field(3600, ge=1, description="How long a finished job's record is kept")
+    max_attempts: int = Field(3, ge=1, description="Claims of one job before it fails")
+    max_queue_depth: int = Field(10_000, ge=1, description="Queued jobs per model before 429")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    api_keys: list[str] = Field(
+        default_factory=list, description="Accepted API keys, as 'sha256:<hex>' or plain text"
+    )
+    admin_keys: list[str] = Field(default_factory=list)
+    rate_limit_per_s: int = Field(0, ge=0, description="Requests per second per API key; 0 = off")
+    heartbeat_s: float = Field(2.0, gt=0)
+    worker_ttl_s: float = Field(10.0, gt=0, description="A worker silent this long is dead")
+    sse_queue_size: int = Field(1024, ge=16, description="Events buffered per slow SSE client")
+    sse_keepalive_s: float = Field(15.0, gt=0)
+    public_url: str = Field("", description="Base URL put in job links; default: request URL")
+    log_level: str = "INFO"
+
+    @property
+    def redacted_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+    def hashed_api_keys(self) -> set[str]:
+        return {hash_key(k) for k in self.api_keys}
+
+    def hashed_admin_keys(self) -> set[str]:
+        return {hash_key(k) for k in self.admin_keys}
+
+
+def hash_key(key: str) -> str:
+    """Keys may be configured pre-hashed ('sha256:<hex>') so plaintext never sits in config."""
+    if key.startswith("sha256:"):
+        return key[len("sha256:") :]
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

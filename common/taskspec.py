@@ -1,0 +1,35 @@
+"""What the API (producer) and the workers (consumers) must agree on about Celery tasks,
+kept free of a celery import so both sides and common/ can share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common import keys
+
+TASK_NAME = "genq.generate"
+
+# Celery's Redis transport emulates priorities with one list per step; lower runs first.
+PRIORITY_STEPS = list(range(10))
+PRIORITY_SEP = "\x06\x16"
+
+
+def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
+    return {
+        # A message a dead consumer held is redelivered after this; the genq reaper normally
+        # handles dead workers much sooner (seconds), and the atomic claim drops duplicates.
+        "visibility_timeout": visibility_timeout_s,
+        "queue_order_strategy": "priority",
+        "priority_steps": PRIORITY_STEPS,
+        "sep": PRIORITY_SEP,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+        "retry_on_timeout": True,
+        "health_check_interval": 15,
+    }
+
+
+def queue_lists(model: str) -> list[str]:
+    """The Redis lists that together hold a model's queued Celery messages."""
+    q = keys.queue_for_model(model)
+    return [q if p == 0 else f"{q}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]

@@ -1,0 +1,1 @@
+"""genq worker: a Celery consumer hosting one vLLM AsyncLLM. The only package importing vllm."""

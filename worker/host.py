@@ -1,0 +1,342 @@
+"""EngineHost: one engine on one background asyncio loop, running many jobs at once.
+
+Celery's pool threads call `run_job_blocking(job_id)`, which schedules `run_job` on the
+host's loop and waits. Every job of the process therefore shares one engine and is batched
+by it continuously. The host also:
+  * listens on genq:cancel and aborts local jobs (invariant 4),
+  * heartbeats into genq:workers (model, max_model_len, in-flight) so the API knows what is
+    served and the reaper knows who is alive,
+  * runs the reaper: jobs held by workers that stopped heartbeating are requeued (nothing
+    streamed yet) or failed `worker_lost` (invariant 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import redis.exceptions as rex
+
+from common import keys
+from common.jobstore import JobStore, redis_from_url
+from common.models import JobError, JobRecord, Usage, WorkerInfo
+from common.settings import Settings
+from common.states import JobStatus
+from common.workers import live_workers
+from worker.engine import EngineClient, EngineError
+from worker.publisher import DeltaPublisher
+
+log = logging.getLogger("genq.worker")
+
+ResendFn = Callable[[JobRecord], None]
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class EngineHost:
+    def __init__(
+        self,
+        engine: EngineClient,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        resend: ResendFn | None = None,
+    ):
+        self.engine = engine
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.resend = resend
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="genq-engine-loop", daemon=True)
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: set[str] = set()
+        self._accepting = True
+        self.started_at = time.time()
+        self.peak_in_flight = 0
+        self.jobs_done = 0
+        self.store: JobStore
+        self.publisher: DeltaPublisher
+        self._bg: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        """Start the loop thread and the engine; returns once the engine is ready."""
+        self._thread.start()
+        self.call(self._start())
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> None:
+        self.redis = redis_from_url(self.settings.redis_url)
+        self.store = JobStore(
+            self.redis,
+            retention_s=self.settings.retention_s,
+            max_attempts=self.settings.max_attempts,
+        )
+        self.publisher = DeltaPublisher(self.store, self.worker_id, self._on_refused)
+        await self.engine.start()
+        self.publisher.start()
+        self._bg = [
+            asyncio.create_task(self._heartbeat_loop(), name="genq-heartbeat"),
+            asyncio.create_task(self._cancel_listener(), name="genq-cancel-listener"),
+            asyncio.create_task(self._reaper_loop(), name="genq-reaper"),
+        ]
+        await self._heartbeat()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        try:
+            self.call(self._shutdown(), timeout=timeout)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _shutdown(self) -> None:
+        for t in self._bg:
+            t.cancel()
+        await self.publisher.stop()
+        try:
+            await self.redis.hdel(keys.WORKERS, self.worker_id)
+        except rex.RedisError:
+            pass
+        await self.engine.shutdown()
+        await self.redis.aclose()
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting and not self.engine.errored
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def run_job_blocking(self, job_id: str) -> str:
+        fut: Future[str] = asyncio.run_coroutine_threadsafe(self.run_job(job_id), self.loop)
+        return fut.result()
+
+    async def run_job(self, job_id: str) -> str:
+        """Claim and run one job to a terminal state. Returns what happened, for logs."""
+        if self.engine.errored:
+            # Leave the job queued for a healthy worker: raising makes Celery requeue it.
+            raise RuntimeError("engine is dead; refusing jobs")
+        claim = await self.store.claim(job_id, self.worker_id)
+        if claim.outcome != "claimed":
+            log.info("job %s not run: %s %s", job_id, claim.outcome, claim.status)
+            return claim.outcome
+        record = await self.store.get(job_id)
+        if record is None or record.request is None:
+            return "missing"
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks[job_id] = task
+        self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
+        try:
+            return await self._generate(record)
+        finally:
+            self._tasks.pop(job_id, None)
+            self._cancelled.discard(job_id)
+            self.jobs_done += 1
+
+    async def _generate(self, record: JobRecord) -> str:
+        job_id, request = record.id, record.request
+        assert request is not None
+        timeout = request.timeout_s
+        started = time.monotonic()
+        completion_tokens = 0
+        prompt_tokens: int | None = None
+        finish_reason: str | None = None
+        log.info("job %s started (attempt %d) %s", job_id, record.attempts, request.summary())
+        try:
+            async with asyncio.timeout(timeout):
+                async for out in self.engine.generate(job_id, request):
+                    prompt_tokens = out.prompt_tokens or prompt_tokens
+                    completion_tokens += out.new_tokens
+                    if out.text:
+                        self.publisher.add(job_id, out.text, out.new_tokens, prompt_tokens)
+                    if out.finished:
+                        finish_reason = out.finish_reason
+            await self.publisher.flushed(job_id)
+        except TimeoutError:
+            await self._abort(job_id)
+            await self.publisher.flushed(job_id)
+            return await self._fail(
+                job_id, "timeout", f"the job ran longer than its timeout_s ({timeout}s)"
+            )
+        except asyncio.CancelledError:
+            # A cancel (API or refused append) or shutdown: stop GPU work now.
+            await self._abort(job_id)
+            if job_id in self._cancelled:
+                return "cancelled"
+            raise
+        except EngineError as exc:
+            return await self._fail(job_id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("job %s failed in the engine", job_id)
+            return await self._fail(job_id, "engine_error", f"{type(exc).__name__}")
+        if finish_reason == "abort":
+            return "cancelled"
+        usage = Usage(
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens,
+            total_tokens=(prompt_tokens or 0) + completion_tokens,
+        )
+        ok, status = await self._finish(
+            job_id, JobStatus.SUCCEEDED, finish_reason=finish_reason or "stop", usage=usage
+        )
+        elapsed = time.monotonic() - started
+        log.info(
+            "job %s %s: %d tokens in %.2fs (%s)",
+            job_id,
+            "succeeded" if ok else f"already {status}",
+            completion_tokens,
+            elapsed,
+            finish_reason,
+        )
+        return "succeeded" if ok else status
+
+    async def _abort(self, job_id: str) -> None:
+        try:
+            await self.engine.abort(job_id)
+        except Exception:  # an engine that is gone has nothing left to abort
+            log.debug("abort of %s failed", job_id, exc_info=True)
+
+    async def _fail(self, job_id: str, code: str, message: str) -> str:
+        ok, status = await self._finish(
+            job_id, JobStatus.FAILED, error=JobError(code=code, message=message)
+        )
+        log.info("job %s failed: %s", job_id, code)
+        return "failed" if ok else status
+
+    async def _finish(self, job_id: str, status: JobStatus, **kw: Any) -> tuple[bool, str]:
+        delay = 0.1
+        for attempt in range(30):  # a Redis restart must not lose the terminal state
+            try:
+                return await self.store.finish(job_id, status, worker_id=self.worker_id, **kw)
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                if attempt == 29:
+                    raise
+                log.warning("finishing %s: Redis unavailable (%s); retrying", job_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise RuntimeError("unreachable")
+
+    def _on_refused(self, job_id: str) -> None:
+        """Redis refused a delta: the job is no longer ours (cancelled, timed out, reaped)."""
+        self._cancel_local(job_id)
+
+    def _cancel_local(self, job_id: str) -> None:
+        task = self._tasks.get(job_id)
+        if task is not None and not task.done():
+            self._cancelled.add(job_id)
+            task.cancel()
+
+    # -- background loops -------------------------------------------------------------------
+
+    async def _cancel_listener(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg and msg["type"] == "message":
+                        jid = msg["data"].decode()
+                        if jid in self._tasks:
+                            log.info("job %s cancelled: aborting engine request", jid)
+                            self._cancel_local(jid)
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except (rex.RedisError, OSError) as exc:
+                log.warning("cancel listener lost Redis (%s); reconnecting", exc)
+                await pubsub.aclose()
+                await asyncio.sleep(0.5)
+                # Cancels sent while we were away are caught by append.lua's refusal.
+
+    def worker_info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.worker_id,
+            model=self.engine.info.model,
+            max_model_len=self.engine.info.max_model_len,
+            max_num_seqs=self.engine.info.max_num_seqs,
+            in_flight=self.in_flight,
+            ready=self.ready,
+            started_at=self.started_at,
+            heartbeat_at=time.time(),
+            hostname=socket.gethostname(),
+            lora_adapters=self.engine.info.lora_adapters,
+        )
+
+    async def _heartbeat(self) -> None:
+        info = self.worker_info()
+        await self.redis.hset(keys.WORKERS, self.worker_id, info.model_dump_json())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await self._heartbeat()
+            except (rex.RedisError, OSError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await reap_dead_workers(self.store, self.settings, self.resend)
+            except (rex.RedisError, OSError) as exc:
+                log.warning("reaper: Redis unavailable (%s)", exc)
+
+
+async def reap_dead_workers(
+    store: JobStore, settings: Settings, resend: ResendFn | None
+) -> list[tuple[str, str]]:
+    """Requeue or fail the running jobs of workers that stopped heartbeating. Safe to run in
+    every worker at once: requeue.lua moves each job once, and only its winner re-sends."""
+    running = await store.redis.zrange(keys.RUNNING, 0, -1)
+    if not running:
+        return []
+    alive = await live_workers(store.redis, settings.worker_ttl_s)
+    actions: list[tuple[str, str]] = []
+    for raw_id in running:
+        job_id = raw_id.decode()
+        holder = await store.redis.hget(keys.job(job_id), "worker")
+        holder_id = holder.decode() if holder else ""
+        if holder_id in alive:
+            continue
+        outcome = await store.requeue_if_dead(job_id, holder_id)
+        if outcome == "skip":
+            continue
+        actions.append((job_id, outcome))
+        log.warning("reaper: job %s of dead worker %s -> %s", job_id, holder_id, outcome)
+        if outcome == "requeued" and resend is not None:
+            rec = await store.get(job_id, with_request=False)
+            if rec is not None:
+                await asyncio.get_running_loop().run_in_executor(None, resend, rec)
+    dead_long = [
+        w for w, blob in (await store.redis.hgetall(keys.WORKERS)).items()
+        if time.time() - WorkerInfo.model_validate_json(blob).heartbeat_at
+        > 30 * settings.worker_ttl_s
+    ]
+    if dead_long:
+        await store.redis.hdel(keys.WORKERS, *dead_long)
+    return actions

@@ -1,0 +1,126 @@
+"""DeltaPublisher: streams every in-flight job's new text to Redis, batched per loop tick.
+
+Job tasks call `add()` (no await, no I/O) as the engine yields; one writer task sends all
+pending deltas in ONE pipeline (replay log + text + publish per job, via append.lua), then
+takes whatever accumulated meanwhile. While a write is in flight, new deltas of the same
+job merge into one, so the number of Redis round trips per second is bounded by the
+round-trip time, not by tokens/s x jobs. A job waits for `flushed(job_id)` before it
+finishes, so its terminal event always follows its last delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.jobstore import JobStore, PendingDelta
+
+log = logging.getLogger("genq.worker.publisher")
+
+
+@dataclass(slots=True)
+class _Pending:
+    text: list[str]
+    tokens: int
+    prompt_tokens: int | None
+
+
+class DeltaPublisher:
+    def __init__(
+        self,
+        store: JobStore,
+        worker_id: str,
+        on_refused: Callable[[str], None],
+    ):
+        self.store = store
+        self.worker_id = worker_id
+        self.on_refused = on_refused
+        self._pending: dict[str, _Pending] = {}
+        self._next: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.deltas = 0
+        self.last_batch_size = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="genq-delta-publisher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def add(self, job_id: str, text: str, tokens: int, prompt_tokens: int | None) -> None:
+        p = self._pending.get(job_id)
+        if p is None:
+            self._pending[job_id] = _Pending([text], tokens, prompt_tokens)
+        else:
+            p.text.append(text)
+            p.tokens += tokens
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        self._wake.set()
+
+    async def flushed(self, job_id: str) -> None:
+        """Wait until everything `add`ed for this job so far is written."""
+        if job_id in self._pending and self._next is not None:
+            await asyncio.shield(self._next)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)  # let every job woken by this engine step add its delta
+            batch, fut = self._pending, self._next
+            self._pending, self._next = {}, None
+            if not batch or fut is None:
+                continue
+            items = [
+                PendingDelta(jid, "".join(p.text), p.tokens, p.prompt_tokens)
+                for jid, p in batch.items()
+            ]
+            try:
+                seqs = await self._write(items)
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as exc:  # Redis down for good: jobs learn it when they finish
+                log.error("publishing %d deltas failed: %s", len(items), exc)
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: not every batch has a waiter
+                continue
+            self.batches += 1
+            self.deltas += len(items)
+            self.last_batch_size = len(items)
+            for item, seq in zip(items, seqs, strict=True):
+                if seq < 0:
+                    self.on_refused(item.job_id)
+            fut.set_result(None)
+
+    async def _write(self, items: list[PendingDelta]) -> list[int]:
+        delay = 0.05
+        for attempt in range(6):  # ride out a short Redis blip (restart, failover)
+            try:
+                return await self.store.append_deltas(self.worker_id, items)
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                if attempt == 5:
+                    raise
+                log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:
+                import redis.exceptions as rex
+
+                if isinstance(exc, rex.ConnectionError | rex.TimeoutError) and attempt < 5:
+                    log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise
+        raise RuntimeError("unreachable")

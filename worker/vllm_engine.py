@@ -1,0 +1,235 @@
+"""VllmEngine: one vLLM AsyncLLM, behind the EngineClient interface.
+
+Chat jobs are templated with the model's own chat template; raw prompts go in as text;
+token ids as `{"prompt_token_ids": [...]}`. Outputs are requested as DELTA so each step
+carries only new text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from common.models import JobRequest, SamplingParams as JobParams
+from worker.engine import EngineError, EngineInfo, EngineOutput
+
+log = logging.getLogger("genq.worker.engine")
+
+CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+@dataclass
+class EngineOptions:
+    """vLLM engine arguments genq passes through (the same names as `vllm serve`)."""
+
+    model: str
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    load_format: str = "auto"
+    skip_tokenizer_init: bool = False
+    enable_lora: bool = False
+    max_lora_rank: int = 16
+    seed: int | None = 0
+    kv_cache_memory_bytes: int | None = None
+    extra: dict[str, Any] | None = None
+
+
+class VllmEngine:
+    def __init__(self, options: EngineOptions):
+        self.options = options
+        self.info = EngineInfo(
+            model=options.served_model_name or options.model, max_model_len=0, max_num_seqs=0
+        )
+        self._llm: Any = None
+        self._tokenizer: Any = None
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        o = self.options
+        kwargs: dict[str, Any] = dict(
+            model=o.model,
+            served_model_name=[self.info.model],
+            dtype=o.dtype,
+            max_model_len=o.max_model_len,
+            gpu_memory_utilization=o.gpu_memory_utilization,
+            tensor_parallel_size=o.tensor_parallel_size,
+            enforce_eager=o.enforce_eager,
+            load_format=o.load_format,
+            skip_tokenizer_init=o.skip_tokenizer_init,
+            enable_lora=o.enable_lora,
+            seed=o.seed,
+            disable_log_stats=False,
+            enable_log_requests=False,  # prompts are not logged (security)
+        )
+        if o.max_num_seqs:
+            kwargs["max_num_seqs"] = o.max_num_seqs
+        kv_bytes = o.kv_cache_memory_bytes
+        if kv_bytes is None and _on_cpu():
+            # On CPU, gpu_memory_utilization is a fraction of the NUMA node's memory, checked
+            # against what is free at start; a fixed KV budget is predictable on shared hosts.
+            kv_bytes = CPU_DEFAULT_KV_BYTES
+        if kv_bytes:
+            kwargs["kv_cache_memory_bytes"] = kv_bytes
+        if o.enable_lora:
+            kwargs["max_lora_rank"] = o.max_lora_rank
+        kwargs.update(o.extra or {})
+        log.info("starting vLLM engine for %s (this loads the model; minutes on a GPU)", o.model)
+        t0 = time.monotonic()
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        cfg = self._llm.vllm_config
+        self.info.max_model_len = cfg.model_config.max_model_len
+        self.info.max_num_seqs = cfg.scheduler_config.max_num_seqs
+        if not o.skip_tokenizer_init:
+            self._tokenizer = self._llm.get_tokenizer()
+        log.info(
+            "vLLM engine ready in %.1fs: model=%s max_model_len=%d max_num_seqs=%d",
+            time.monotonic() - t0,
+            self.info.model,
+            self.info.max_model_len,
+            self.info.max_num_seqs,
+        )
+
+    def _prompt(self, request: JobRequest) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        if request.prompt_token_ids is not None:
+            return {"prompt_token_ids": list(request.prompt_token_ids)}, None
+        if self._tokenizer is None:
+            raise EngineError(
+                "invalid_request", "this worker runs without a tokenizer: send prompt_token_ids"
+            )
+        if request.messages is not None:
+            msgs = [m.model_dump(exclude_none=True) for m in request.messages]
+            try:
+                text = self._tokenizer.apply_chat_template(
+                    msgs, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as exc:  # a template may reject a role order
+                raise EngineError("invalid_request", f"messages: {exc}") from exc
+            # The template already holds BOS and friends; do not add them twice.
+            return {"prompt": text}, {"add_special_tokens": False}
+        return {"prompt": request.prompt}, None
+
+    def _sampling(self, p: JobParams) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        structured = None
+        if p.structured is not None:
+            s = p.structured
+            structured = StructuredOutputsParams(
+                json=s.json_schema,
+                json_object=True if s.json_object else None,
+                regex=s.regex,
+                choice=s.choice,
+            )
+        kw: dict[str, Any] = dict(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            min_p=p.min_p,
+            max_tokens=p.max_tokens,
+            min_tokens=p.min_tokens,
+            stop=p.stop,
+            stop_token_ids=p.stop_token_ids,
+            seed=p.seed,
+            repetition_penalty=p.repetition_penalty,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            ignore_eos=p.ignore_eos,
+            logprobs=p.logprobs,
+            output_kind=RequestOutputKind.DELTA,
+            structured_outputs=structured,
+            detokenize=not self.options.skip_tokenizer_init,
+        )
+        if p.top_k is not None:
+            kw["top_k"] = p.top_k
+        return SamplingParams(**kw)
+
+    async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        prompt, tok_kwargs = self._prompt(request)
+        try:
+            sampling = self._sampling(request.params)
+        except Exception as exc:
+            raise EngineError("invalid_request", f"params: {exc}") from exc
+        prompt_tokens: int | None = None
+        try:
+            async for out in self._llm.generate(
+                prompt,
+                sampling,
+                request_id=job_id,
+                tokenization_kwargs=tok_kwargs,
+                priority=request.priority,
+            ):
+                if prompt_tokens is None and out.prompt_token_ids is not None:
+                    prompt_tokens = len(out.prompt_token_ids)
+                c = out.outputs[0]
+                yield EngineOutput(
+                    text=c.text,
+                    new_tokens=len(c.token_ids),
+                    prompt_tokens=prompt_tokens,
+                    finished=out.finished,
+                    finish_reason=c.finish_reason,
+                    logprobs=_logprobs(c, self._tokenizer) if request.params.logprobs else None,
+                )
+        except EngineDeadError as exc:
+            raise EngineError("engine_error", "the inference engine died") from exc
+        except ValueError as exc:  # vLLM's request validation errors are ValueErrors
+            msg = str(exc)
+            code = "prompt_too_long" if "longer than the maximum model length" in msg or (
+                "maximum context length" in msg
+            ) else "invalid_request"
+            raise EngineError(code, msg) from exc
+
+    async def abort(self, job_id: str) -> None:
+        await self._llm.abort(job_id)
+
+    @property
+    def errored(self) -> bool:
+        return self._llm is None or bool(self._llm.errored)
+
+    def num_unfinished(self) -> int:
+        return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
+
+    def stats(self) -> dict[str, float]:
+        return {"engine_unfinished_requests": float(self.num_unfinished())}
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+
+def _logprobs(completion: Any, tokenizer: Any) -> list[dict[str, Any]] | None:
+    if not completion.logprobs:
+        return None
+    out: list[dict[str, Any]] = []
+    for tok_id, step in zip(completion.token_ids, completion.logprobs, strict=False):
+        chosen = step.get(tok_id)
+        out.append(
+            {
+                "token": chosen.decoded_token if chosen else None,
+                "token_id": tok_id,
+                "logprob": chosen.logprob if chosen else None,
+                "top_logprobs": [
+                    {"token": lp.decoded_token, "token_id": t, "logprob": lp.logprob}
+                    for t, lp in step.items()
+                ],
+            }
+        )
+    return out
