@@ -25,9 +25,7 @@ class ModelDirectory:
     async def served(self) -> dict[str, list[WorkerInfo]]:
         now = time.monotonic()
         if now - self._at > self.cache_s:
-            self._served = models_served(
-                await live_workers(self.redis, self.settings.worker_ttl_s)
-            )
+            self._served = models_served(await live_workers(self.redis, self.settings.worker_ttl_s))
             self._at = now
         return self._served
 

@@ -232,7 +232,10 @@ class StreamRelay:
                     last = _seq_of(text)
                     yield DeltaEvent(last, text)
             if status is not None and status.decode() in (
-                "succeeded", "failed", "cancelled", "expired"
+                "succeeded",
+                "failed",
+                "cancelled",
+                "expired",
             ):
                 record = await self.store.get(job_id, with_request=False)
                 if record is not None:

@@ -162,7 +162,8 @@ class JobStore:
 
     async def read_log(self, job_id: str, after_seq: int = -1) -> list[bytes]:
         """Replay-log entries (JSON deltas) with seq > after_seq."""
-        return await self.redis.lrange(keys.job_log(job_id), after_seq + 1, -1)  # type: ignore[no-any-return]
+        raw = await self.redis.lrange(keys.job_log(job_id), after_seq + 1, -1)
+        return [r if isinstance(r, bytes) else r.encode() for r in raw]
 
     async def list_jobs(
         self, owner: str, *, limit: int = 50, status: str | None = None

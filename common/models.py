@@ -72,7 +72,7 @@ class JobRequest(BaseModel):
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1024)
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
     prompt_token_ids: list[int] | None = Field(None, min_length=1, max_length=1_000_000)
-    params: SamplingParams = Field(default_factory=SamplingParams)
+    params: SamplingParams = Field(default_factory=lambda: SamplingParams())
     priority: int = Field(5, ge=0, le=9, description="0 is most urgent, 9 least (Celery/vLLM)")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
     queue_ttl_s: float | None = Field(None, gt=0, le=7 * 86400)

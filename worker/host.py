@@ -61,6 +61,7 @@ class EngineHost:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._accepting = True
+        self._consuming = False  # set once Celery's consumer is up (worker_ready)
         self.started_at = time.time()
         self.peak_in_flight = 0
         self.jobs_done = 0
@@ -101,6 +102,24 @@ class EngineHost:
 
     def stop_accepting(self) -> None:
         self._accepting = False
+        self._beat_soon()
+
+    def mark_consuming(self) -> None:
+        self._consuming = True
+        self._beat_soon()
+
+    def _beat_soon(self) -> None:
+        def _go() -> None:
+            self.loop.create_task(self._heartbeat_safe())
+
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(_go)
+
+    async def _heartbeat_safe(self) -> None:
+        try:
+            await self._heartbeat()
+        except (rex.RedisError, OSError) as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         try:
@@ -121,7 +140,7 @@ class EngineHost:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and not self.engine.errored
+        return self._accepting and self._consuming and not self.engine.errored
 
     @property
     def in_flight(self) -> int:
@@ -293,10 +312,7 @@ class EngineHost:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            try:
-                await self._heartbeat()
-            except (rex.RedisError, OSError) as exc:
-                log.warning("heartbeat failed: %s", exc)
+            await self._heartbeat_safe()
 
     async def _reaper_loop(self) -> None:
         while True:
@@ -318,9 +334,9 @@ async def reap_dead_workers(
     alive = await live_workers(store.redis, settings.worker_ttl_s)
     actions: list[tuple[str, str]] = []
     for raw_id in running:
-        job_id = raw_id.decode()
+        job_id = _text(raw_id)
         holder = await store.redis.hget(keys.job(job_id), "worker")
-        holder_id = holder.decode() if holder else ""
+        holder_id = _text(holder) if holder else ""
         if holder_id in alive:
             continue
         outcome = await store.requeue_if_dead(job_id, holder_id)
@@ -333,10 +349,15 @@ async def reap_dead_workers(
             if rec is not None:
                 await asyncio.get_running_loop().run_in_executor(None, resend, rec)
     dead_long = [
-        w for w, blob in (await store.redis.hgetall(keys.WORKERS)).items()
+        w
+        for w, blob in (await store.redis.hgetall(keys.WORKERS)).items()
         if time.time() - WorkerInfo.model_validate_json(blob).heartbeat_at
         > 30 * settings.worker_ttl_s
     ]
     if dead_long:
         await store.redis.hdel(keys.WORKERS, *dead_long)
     return actions
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -70,9 +70,7 @@ class SimulatedEngine:
                     text = "".join(" " + w if (made - n + i) else w for i, w in enumerate(words))
                     hit = next((s for s in stops if s in text), None)
                     if hit is not None:
-                        yield EngineOutput(
-                            text[: text.index(hit)], n, prompt_tokens, True, "stop"
-                        )
+                        yield EngineOutput(text[: text.index(hit)], n, prompt_tokens, True, "stop")
                         return
                     done = made >= max_tokens
                     yield EngineOutput(text, n, prompt_tokens, done, "length" if done else None)

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from common.models import JobRequest, SamplingParams as JobParams
+from common.models import JobRequest
+from common.models import SamplingParams as JobParams
 from worker.engine import EngineError, EngineInfo, EngineOutput
 
 log = logging.getLogger("genq.worker.engine")
@@ -45,6 +46,7 @@ class EngineOptions:
     max_lora_rank: int = 16
     seed: int | None = 0
     kv_cache_memory_bytes: int | None = None
+    lora_modules: dict[str, str] | None = None
     extra: dict[str, Any] | None = None
 
 
@@ -191,9 +193,12 @@ class VllmEngine:
             raise EngineError("engine_error", "the inference engine died") from exc
         except ValueError as exc:  # vLLM's request validation errors are ValueErrors
             msg = str(exc)
-            code = "prompt_too_long" if "longer than the maximum model length" in msg or (
-                "maximum context length" in msg
-            ) else "invalid_request"
+            code = (
+                "prompt_too_long"
+                if "longer than the maximum model length" in msg
+                or ("maximum context length" in msg)
+                else "invalid_request"
+            )
             raise EngineError(code, msg) from exc
 
     async def abort(self, job_id: str) -> None:

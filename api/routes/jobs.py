@@ -18,7 +18,7 @@ from common.states import JobStatus
 from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
 from ..enqueue import Enqueuer
 from ..models_directory import ModelDirectory
-from ..relay import EndEvent, StreamRelay
+from ..relay import StreamRelay
 from ..sse import NDJSON_MEDIA, SSE_MEDIA, encode
 
 log = logging.getLogger("genq.api")
@@ -49,9 +49,7 @@ async def submit_job(
     model = await directory.resolve(job.model, need_worker=need_worker)
     depth = await enqueuer.depth(model)
     if depth >= max_queue_depth:
-        raise Overloaded(
-            f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2
-        )
+        raise Overloaded(f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2)
     job_id, created_at, created = await store.create(
         job,
         model=model,
@@ -133,15 +131,13 @@ async def check_owner(store: JobStore, job_id: str, caller: Caller) -> None:
         raise Forbidden("this job belongs to another API key")
 
 
-async def wait_terminal(relay: StreamRelay, job_id: str, timeout: float) -> None:
-    async def _wait() -> None:
-        async for ev in relay.listen(job_id, deltas=False):
-            if isinstance(ev, EndEvent):
-                return
-            return  # relay error: stop waiting, the caller reads the record as it is
-
+async def wait_terminal(relay: StreamRelay, job_id: str, wait_s: float) -> None:
+    """Return when the job ends, the relay fails, or wait_s passes (the caller then reads
+    the record as it is)."""
     try:
-        await asyncio.wait_for(_wait(), timeout)
+        async with asyncio.timeout(wait_s):
+            async for _ in relay.listen(job_id, deltas=False):
+                return
     except TimeoutError:
         pass
 
@@ -154,9 +150,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobRecord]:
     """The caller's own jobs, newest first."""
-    return await store.list_jobs(
-        caller.owner, limit=limit, status=status.value if status else None
-    )
+    return await store.list_jobs(caller.owner, limit=limit, status=status.value if status else None)
 
 
 @router.get("/{job_id}", response_model=JobRecord, response_model_exclude_none=False)

@@ -1,0 +1,250 @@
+"""`genq worker`: start one engine, then consume its model's queue with Celery.
+
+Options mirror `vllm serve` where they are engine arguments. One worker process per GPU
+(or per tensor-parallel group); run more processes (pods) to scale out.
+
+Kubernetes: on SIGTERM the worker stops taking jobs and waits up to --drain-timeout for
+in-flight ones; set terminationGracePeriodSeconds above preStop + drain timeout. Jobs it
+could not finish are handled by the reaper of the remaining workers (requeued when they had
+not streamed yet, else failed `worker_lost`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from common.logs import setup_logging
+from common.settings import get_settings
+
+log = logging.getLogger("genq.worker")
+
+EXAMPLES = """examples:
+  genq worker                                   # the default model (SmolLM2-135M-Instruct)
+  genq worker --model Qwen/Qwen2.5-7B-Instruct --max-model-len 8192
+  genq worker --model /models/llama --tensor-parallel-size 2 --served-model-name llama
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genq worker",
+        description="Host one vLLM engine and run many jobs on it at once (continuous batching).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e = p.add_argument_group("engine (as in `vllm serve`)")
+    e.add_argument(
+        "--model",
+        default=None,
+        help="Hugging Face id or local folder (default: the embedded SmolLM2)",
+    )
+    e.add_argument(
+        "--served-model-name",
+        default=None,
+        help="name clients use in `model` (default: SmolLM2-135M-Instruct for the "
+        "default model, else --model)",
+    )
+    e.add_argument("--dtype", default="auto")
+    e.add_argument("--max-model-len", type=int, default=None)
+    e.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    e.add_argument("--tensor-parallel-size", type=int, default=1)
+    e.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="engine batch size; also the worker's job concurrency",
+    )
+    e.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="skip torch.compile/CUDA graphs (faster start; default on CPU)",
+    )
+    e.add_argument("--load-format", default="auto", help="'dummy' for random weights (benchmarks)")
+    e.add_argument(
+        "--skip-tokenizer-init",
+        action="store_true",
+        help="no tokenizer: jobs must send prompt_token_ids",
+    )
+    e.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        default=None,
+        help="fixed KV-cache size (CPU default: 1 GiB)",
+    )
+    e.add_argument("--enable-lora", action="store_true")
+    e.add_argument("--max-lora-rank", type=int, default=16)
+    e.add_argument(
+        "--lora-modules",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="LoRA adapters served under their own model names",
+    )
+    w = p.add_argument_group("worker")
+    w.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs delivered at once (default: max-num-seqs)",
+    )
+    w.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to finish in-flight jobs after SIGTERM",
+    )
+    w.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=7200,
+        help="seconds before Redis redelivers a message a dead worker held; keep "
+        "it above the longest job",
+    )
+    w.add_argument(
+        "--engine",
+        choices=["vllm", "simulated"],
+        default="vllm",
+        help="'simulated' is a TEST/BENCHMARK DOUBLE (no model), never for serving",
+    )
+    w.add_argument("--sim-step-ms", type=float, default=10.0, help="simulated engine step")
+    w.add_argument("--sim-tokens-per-step", type=int, default=1)
+    w.add_argument("--worker-id", default=None)
+    w.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve /healthz, /readyz, /metrics on this port",
+    )
+    return p
+
+
+def build_engine(args: argparse.Namespace) -> Any:
+    if args.engine == "simulated":
+        from worker.simulated_engine import SimulatedEngine
+
+        return SimulatedEngine(
+            args.served_model_name or args.model or "simulated",
+            step_s=args.sim_step_ms / 1000,
+            tokens_per_step=args.sim_tokens_per_step,
+            max_num_seqs=args.max_num_seqs or 256,
+            max_model_len=args.max_model_len or 4096,
+        )
+    from common.settings import DEFAULT_MODEL_NAME
+    from worker.vllm_engine import EngineOptions, VllmEngine
+
+    model, served = args.model, args.served_model_name
+    if model is None:
+        from worker.default_model import ensure_default_model
+
+        model = str(ensure_default_model())
+        served = served or DEFAULT_MODEL_NAME
+        if args.max_model_len is None:
+            args.max_model_len = 2048
+    enforce_eager = args.enforce_eager
+    if enforce_eager is None:
+        from worker.vllm_engine import _on_cpu
+
+        enforce_eager = _on_cpu()  # compile takes ~70 s on CPU for little gain
+    loras = dict(m.split("=", 1) for m in args.lora_modules)
+    return VllmEngine(
+        EngineOptions(
+            model=model,
+            served_model_name=served,
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            tensor_parallel_size=args.tensor_parallel_size,
+            max_num_seqs=args.max_num_seqs,
+            enforce_eager=bool(enforce_eager),
+            load_format=args.load_format,
+            skip_tokenizer_init=args.skip_tokenizer_init,
+            kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+            enable_lora=args.enable_lora or bool(loras),
+            max_lora_rank=args.max_lora_rank,
+            lora_modules=loras,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    from common import keys
+    from worker.celery_app import attach_host, make_celery, resend_task
+    from worker.host import EngineHost
+
+    app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
+    engine = build_engine(args)
+    host = EngineHost(engine, settings, worker_id=args.worker_id, resend=resend_task(app))
+    log.info(
+        "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
+    )
+    host.start()
+    attach_host(host)
+    if args.health_port:
+        from worker.health import serve_health
+
+        serve_health(host, args.health_port)
+    queue = keys.queue_for_model(engine.info.model)
+    concurrency = args.concurrency or engine.info.max_num_seqs
+    log.info(
+        "worker %s ready: model=%s queue=%s concurrency=%d",
+        host.worker_id,
+        engine.info.model,
+        queue,
+        concurrency,
+    )
+    worker = app.Worker(
+        pool="threads",
+        concurrency=concurrency,
+        queues=[queue],
+        hostname=f"{host.worker_id}@{engine.info.model}",
+        loglevel=settings.log_level,
+        without_mingle=True,
+        without_gossip=True,
+        optimization="fair",
+    )
+    _install_drain(host, worker, args.drain_timeout)
+    from celery.signals import worker_ready
+
+    worker_ready.connect(lambda **_: host.mark_consuming(), weak=False)
+    try:
+        worker.start()
+    finally:
+        host.shutdown()
+    sys.exit(worker.exitcode or 0)
+
+
+def _install_drain(host: Any, worker: Any, drain_timeout: float) -> None:
+    """SIGTERM starts Celery's warm shutdown (no new messages; running tasks finish). We
+    also stop the host taking jobs, and a watchdog exits after drain_timeout; what is left
+    is handled by the reaper of the other workers."""
+    from celery.signals import worker_shutting_down
+
+    def on_shutdown(**_: Any) -> None:
+        log.warning(
+            "shutting down: draining up to %.0fs with %d jobs in flight",
+            drain_timeout,
+            host.in_flight,
+        )
+        host.stop_accepting()
+
+        def watchdog() -> None:
+            threading.Event().wait(drain_timeout)
+            log.error("drain timeout: exiting with %d jobs in flight", host.in_flight)
+            os._exit(1)
+
+        threading.Thread(target=watchdog, daemon=True, name="genq-drain-watchdog").start()
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
+
+
+if __name__ == "__main__":
+    main()
