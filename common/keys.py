@@ -10,6 +10,8 @@
     genq:running             zset   running job ids scored by claim time (for the reaper)
     genq:idem:{owner}:{key}  string idempotency key -> job id
     genq:jobs:{owner}        zset   a key owner's job ids by creation time (listing)
+    genq:index:jobs          zset   every job id by creation time, all owners (admin listing;
+                                    entries whose record expired are removed when met)
     genq:rate:{owner}:{sec}  string per-key request counter for rate limiting
 
 Celery's own broker keys are the queue names from `queue_for_model` (plus kombu's
@@ -25,6 +27,7 @@ PREFIX = "genq"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 WORKERS = f"{PREFIX}:workers"
 RUNNING = f"{PREFIX}:running"
+ALL_JOBS = f"{PREFIX}:index:jobs"
 QUEUE_PREFIX = "genq."
 
 

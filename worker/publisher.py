@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.jobstore import JobStore, PendingDelta
+from worker import metrics
 
 log = logging.getLogger("genq.worker.publisher")
 
@@ -85,6 +87,7 @@ class DeltaPublisher:
                 PendingDelta(jid, "".join(p.text), p.tokens, p.prompt_tokens)
                 for jid, p in batch.items()
             ]
+            t0 = time.perf_counter()
             try:
                 seqs = await self._write(items)
             except asyncio.CancelledError:
@@ -98,6 +101,8 @@ class DeltaPublisher:
             self.batches += 1
             self.deltas += len(items)
             self.last_batch_size = len(items)
+            metrics.PUBLISH_BATCH_SIZE.observe(len(items))
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
             for item, seq in zip(items, seqs, strict=True):
                 if seq < 0:
                     self.on_refused(item.job_id)
