@@ -77,6 +77,7 @@ class Stack:
         self.workers: list[Proc] = []
         self.api: Proc | None = None
         self.api_port = 0
+        self.worker_health_port = 0  # set by fixtures that pass --health-port
         self._n = 0
 
     @property

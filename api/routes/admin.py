@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from common import keys
 from common.models import JobError, JobRecord
 from common.states import JobStatus
-from common.taskspec import job_id_from_message, queue_lists
+from common.taskspec import PRIORITY_SEP, job_id_from_message, queue_lists
 from common.workers import all_workers
 
 from ..deps import AdminDep, EnqueuerDep, SettingsDep, StoreDep
@@ -28,6 +28,7 @@ async def list_queues(
     now = time.time()
     workers = await all_workers(request.app.state.redis)
     models = directory.configured() | {w.model for w in workers.values()}
+    models |= await _models_with_messages(request.app.state.redis, models)
     data = []
     for model in sorted(models):
         live = [
@@ -47,6 +48,19 @@ async def list_queues(
             }
         )
     return {"object": "list", "data": data}
+
+
+async def _models_with_messages(redis: Any, known: set[str]) -> set[str]:
+    """Queues holding messages for models nobody serves or configured (e.g. jobs sent
+    before their workers were removed): found by scanning for Celery's lists. Queue names
+    are model names with unsafe characters replaced, which is what is shown then."""
+    known_queues = {keys.queue_for_model(m) for m in known}
+    found: set[str] = set()
+    async for raw in redis.scan_iter(match=keys.QUEUE_PREFIX + "*", count=1000, _type="list"):
+        name = (raw.decode() if isinstance(raw, bytes) else raw).split(PRIORITY_SEP, 1)[0]
+        if name not in known_queues:
+            found.add(name[len(keys.QUEUE_PREFIX) :])
+    return found
 
 
 @router.get("/v1/workers")
