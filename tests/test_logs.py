@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 
 from common.logs import JobIdFilter, JsonFormatter, bind_job, current_job_id
-from tests.stack import Stack, submit, wait_job
+from tests.stack import ROOT, Stack, submit, wait_job
 
 SECRET = "ultraviolet-kumquat-4417"
 
@@ -59,3 +62,22 @@ def test_bound_job_id_reaches_records_and_explicit_extra_wins() -> None:
         assert render(job_id="job_b")["job_id"] == "job_b"
     finally:
         current_job_id.reset(token)
+
+
+def test_log_level_and_format_follow_the_environment() -> None:
+    code = (
+        "import logging\n"
+        "from common.logs import bind_job, setup_logging\n"
+        "from common.settings import Settings\n"
+        "setup_logging(Settings().log_level)\n"
+        "bind_job('job_env')\n"
+        "logging.getLogger('genq.x').info('hello-info')\n"
+        "logging.getLogger('genq.x').warning('hello-warn')\n"
+    )
+    env = {**os.environ, "GENQ_LOG_LEVEL": "WARNING"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    assert [x["msg"] for x in lines] == ["hello-warn"]  # INFO filtered out by GENQ_LOG_LEVEL
+    assert lines[0]["job_id"] == "job_env" and lines[0]["level"] == "warning"
