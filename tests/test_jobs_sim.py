@@ -91,9 +91,7 @@ def test_long_poll_waits_for_the_end(sim_stack: Stack) -> None:
         assert rec["status"] == "succeeded" and time.monotonic() - t0 < 10
         # already terminal: answers at once
         t0 = time.monotonic()
-        assert c.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()["status"] == (
-            "succeeded"
-        )
+        assert c.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()["status"] == ("succeeded")
         assert time.monotonic() - t0 < 1
 
 
@@ -102,8 +100,9 @@ def test_ndjson_stream(sim_stack: Stack) -> None:
 
     with sim_stack.client() as c:
         job = submit(c, {"prompt": "x", "params": {"max_tokens": 4}})
-        with c.stream("GET", f"/v1/jobs/{job['id']}/events",
-                      headers={"Accept": "application/x-ndjson"}) as r:
+        with c.stream(
+            "GET", f"/v1/jobs/{job['id']}/events", headers={"Accept": "application/x-ndjson"}
+        ) as r:
             assert r.headers["content-type"].startswith("application/x-ndjson")
             lines = [json.loads(x) for x in r.iter_lines() if x]
     assert [x["seq"] for x in lines[:-1]] == [0, 1, 2, 3]
