@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -74,3 +75,36 @@ def test_health_endpoints_and_drain(stack: Stack) -> None:
         # The drain lets the in-flight job finish, then the process exits on its own.
         assert wait_job(c, job["id"], timeout=30)["status"] == "succeeded"
     assert worker.popen.wait(30) == 0
+
+
+class _LoadingHost:
+    """An EngineHost as seen before its engine has loaded (main.py starts the health server
+    first, so probes get answers during a minutes-long model load)."""
+
+    worker_id = "w-loading"
+    jobs_done = 0
+    peak_in_flight = 0
+    started_at = 0.0
+    ready = False
+    in_flight = 0
+
+    engine = SimpleNamespace(info=SimpleNamespace(model="m", max_num_seqs=8))
+
+
+def test_readyz_is_503_while_the_engine_loads() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from worker.health import serve_health
+
+    server = serve_health(_LoadingHost(), 0, bind="127.0.0.1", registry=CollectorRegistry())
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert httpx.get(base + "/healthz").status_code == 200
+        r = httpx.get(base + "/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        assert (
+            'genq_worker_ready{model="m",worker="w-loading"} 0.0'
+            in httpx.get(base + "/metrics").text
+        )
+    finally:
+        server.close()
