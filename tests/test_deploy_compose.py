@@ -7,6 +7,7 @@ Variables are interpolated the way compose does (`${VAR:-default}`, `${VAR:?erro
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,19 @@ def _seconds(duration: str) -> float:
     m = re.fullmatch(r"(\d+)(s|m)", duration)
     assert m, duration
     return int(m.group(1)) * (60 if m.group(2) == "m" else 1)
+
+
+@pytest.mark.parametrize("name", ["api", *WORKERS])
+def test_service_environment_is_valid_genq_settings(
+    compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GENQ_* values must parse (e.g. list settings are JSON: an empty string crashes)."""
+    from common.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("GENQ_") or key == "REDIS_URL":
+            monkeypatch.delenv(key)
+    for key, value in compose["services"][name]["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert settings.redis_url.startswith("redis://:")

@@ -563,3 +563,32 @@ def _bytes(q: str) -> float:
         if q.endswith(u):
             return float(q[: -len(u)]) * m
     return float(q)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_config_and_secret_are_valid_genq_settings(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the API container sees (ConfigMap + its secret refs) parses as genq Settings."""
+    import os
+
+    from common.settings import Settings
+
+    objs = render(target)
+    api = container(named(objs, "Deployment", "genq-api"))
+    for key in list(os.environ):
+        if key.startswith("GENQ_") or key == "REDIS_URL":
+            monkeypatch.delenv(key)
+    for ref in api["envFrom"]:
+        for k, v in named(objs, "ConfigMap", ref["configMapRef"]["name"])["data"].items():
+            monkeypatch.setenv(k, v)
+    for e in api["env"]:
+        sref = e["valueFrom"]["secretKeyRef"]
+        monkeypatch.setenv(
+            e["name"], named(objs, "Secret", sref["name"])["stringData"][sref["key"]]
+        )
+    s = Settings()
+    assert s.redis_url.startswith("redis://") and s.api_keys
+    served = {served_model(w) for w in workers(objs)}
+    assert s.default_model in served
+    assert set(s.models) <= served
