@@ -78,7 +78,7 @@ def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     # model_validator errors carry no field; name the input group they are about.
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return InvalidRequest(f"request body is not valid JSON: {msg}", param="body")
     if param is None and "messages, prompt, prompt_token_ids" in msg:
