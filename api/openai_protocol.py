@@ -30,6 +30,11 @@ from common.models import (
 
 _INT64 = 2**63 - 1
 
+# Whether workers put per-token logprobs on the deltas they stream (the `logprobs` field of
+# common.models.Delta). Until they do, a request for logprobs is refused rather than
+# answered with `logprobs: null`.
+LOGPROBS_STREAMED = False
+
 
 class OpenAIModel(BaseModel):
     # Clients (the openai SDK, LangChain) send fields genq has no use for; vLLM ignores them.
@@ -165,6 +170,11 @@ class _SamplingBody(OpenAIModel):
         )
 
     def _params(self, max_tokens: int | None, logprobs: int | None) -> dict[str, Any]:
+        if logprobs is not None and not LOGPROBS_STREAMED:
+            raise InvalidRequest(
+                "logprobs: not available on this server yet (workers do not stream them)",
+                param="logprobs",
+            )
         p: dict[str, Any] = {
             "max_tokens": max_tokens,
             "stop": self.stop or None,

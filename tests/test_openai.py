@@ -21,6 +21,7 @@ import openai
 import pytest
 import redis as sync_redis
 
+from api.openai_protocol import LOGPROBS_STREAMED
 from common import keys
 from common.jobstore import JobStore, redis_from_url
 from common.models import JobError
@@ -339,6 +340,11 @@ def test_completions_wire_format(sim_stack: Stack) -> None:
         ({"messages": CHAT, "n": 2}, "n"),
         ({"messages": CHAT, "temperature": 3}, "temperature"),
         ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
+        pytest.param(
+            {"messages": CHAT, "logprobs": True},
+            "logprobs",
+            marks=pytest.mark.skipif(LOGPROBS_STREAMED, reason="logprobs are streamed"),
+        ),
         ({"messages": CHAT, "priority": 11}, "priority"),
         ({"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         (
