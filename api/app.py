@@ -17,7 +17,7 @@ from .limits import BodySizeLimit
 from .metrics import ApiMetrics, RequestMetrics
 from .models_directory import ModelDirectory
 from .relay import StreamRelay
-from .routes import admin, jobs, playground, system
+from .routes import admin, jobs, openai, playground, system
 
 log = logging.getLogger("genq.api")
 
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router)
+    app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(playground.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -118,10 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--health-port",
         type=int,
-        default=None,
-        help="serve /healthz, /readyz, /metrics on this port",
+        default=_env_int("GENQ_HEALTH_PORT"),
+        help="serve /healthz, /readyz, /metrics on this port (env GENQ_HEALTH_PORT)",
     )
     return p
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
 
 
 def build_engine(args: argparse.Namespace) -> Any:
@@ -186,12 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
     )
-    host.start()
-    attach_host(host)
     if args.health_port:
+        # Before the engine loads (minutes for a large model): /healthz answers at once and
+        # /readyz says 503 until the worker consumes, so a Kubernetes startupProbe on /readyz
+        # measures the load and liveness never kills a pod that is still loading.
         from worker.health import serve_health
 
         serve_health(host, args.health_port)
+    host.start()
+    attach_host(host)
     queue = keys.queue_for_model(engine.info.model)
     concurrency = args.concurrency or engine.info.max_num_seqs
     log.info(

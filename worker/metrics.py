@@ -77,36 +77,26 @@ class HostCollector(Collector):
         self.host = host
 
     def collect(self) -> Iterable[Metric]:
+        # Jobs in flight, readiness and jobs done come from worker.health's collector.
         host = self.host
         model = host.engine.info.model
-        labels = ["model"]
-        g = GaugeMetricFamily(
-            "genq_worker_jobs_in_flight", "Jobs this worker is running now", labels=labels
-        )
-        g.add_metric([model], host.in_flight)
-        yield g
-        g = GaugeMetricFamily(
-            "genq_worker_ready",
-            "1 while the worker takes jobs (engine up, consuming, not draining)",
-            labels=labels,
-        )
-        g.add_metric([model], 1.0 if host.ready else 0.0)
-        yield g
+        labels = ["model", "worker"]
+        values = [model, host.worker_id]
         stats = host.engine.stats()
         reqs = GaugeMetricFamily(
             "genq_worker_engine_requests",
             "Requests in the engine's scheduler, by state (vLLM SchedulerStats)",
-            labels=["model", "state"],
+            labels=["model", "worker", "state"],
         )
-        reqs.add_metric([model, "running"], stats.get("running", 0.0))
-        reqs.add_metric([model, "waiting"], stats.get("waiting", 0.0))
+        reqs.add_metric([*values, "running"], stats.get("running", 0.0))
+        reqs.add_metric([*values, "waiting"], stats.get("waiting", 0.0))
         yield reqs
         kv = GaugeMetricFamily(
             "genq_worker_engine_kv_cache_usage_ratio",
             "Fraction of the engine's KV-cache blocks in use (0-1; vLLM SchedulerStats)",
             labels=labels,
         )
-        kv.add_metric([model], stats.get("kv_cache_usage", 0.0))
+        kv.add_metric(values, stats.get("kv_cache_usage", 0.0))
         yield kv
         pub = getattr(host, "publisher", None)
         if pub is not None:
@@ -115,19 +105,19 @@ class HostCollector(Collector):
                 "Pipelines of deltas written to Redis",
                 labels=labels,
             )
-            c.add_metric([model], pub.batches)
+            c.add_metric(values, pub.batches)
             yield c
             c = CounterMetricFamily(
                 "genq_worker_published_deltas",
                 "Deltas written to Redis (one per job per batch)",
                 labels=labels,
             )
-            c.add_metric([model], pub.deltas)
+            c.add_metric(values, pub.deltas)
             yield c
             g = GaugeMetricFamily(
                 "genq_worker_publish_last_batch_size", "Size of the latest batch", labels=labels
             )
-            g.add_metric([model], pub.last_batch_size)
+            g.add_metric(values, pub.last_batch_size)
             yield g
 
 
