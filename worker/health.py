@@ -27,9 +27,9 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("genq.worker")
-
 from worker.metrics import REGISTRY
+
+log = logging.getLogger("genq.worker")
 
 
 class HostView(Protocol):
