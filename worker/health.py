@@ -131,10 +131,10 @@ def _handler_for(host: HostView, registry: CollectorRegistry) -> type[BaseHTTPRe
                 }
                 self._send(200 if ready else 503, "application/json", json.dumps(body).encode())
             elif path == "/metrics":
-                body = generate_latest(registry)
+                text = generate_latest(registry)
                 if registry is REGISTRY:  # the worker's own: add vLLM's vllm:* metrics
-                    body += generate_latest(DEFAULT_REGISTRY)
-                self._send(200, CONTENT_TYPE_LATEST, body)
+                    text += generate_latest(DEFAULT_REGISTRY)
+                self._send(200, CONTENT_TYPE_LATEST, text)
             else:
                 self._send(404, "application/json", b'{"error": "not found"}')
 
