@@ -162,6 +162,12 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.kill()
+            # vLLM's EngineCore and its worker are children of the worker process and outlive
+            # a SIGKILL of it (~2 GB each): end the worker's whole session (process group).
+            try:
+                os.killpg(w.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.api:
             self.api.term(10)
         if self.owns_redis:
