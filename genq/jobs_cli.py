@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import httpx
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -85,22 +86,42 @@ def _status(rec: dict[str, Any]) -> str:
 
 def jobs_table(records: list[dict[str, Any]]) -> Table:
     now = time.time()
-    t = Table(show_lines=False, header_style="bold")
-    for col in ("id", "status", "model", "created", "tokens", "TTFT", "total", "error"):
-        t.add_column(col, no_wrap=col in ("id", "status"))
+    errors = any(r.get("error") for r in records)
+    models = {r.get("model", "") for r in records}
+    one_model = len(models) == 1  # then the model goes in the title: tables fit 80 columns
+    t = Table(
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        pad_edge=False,
+        collapse_padding=True,
+        title=f"model {next(iter(models))}" if one_model else None,
+        title_justify="left",
+    )
+    # The id is never cut (it is what users copy); the model name gives way first.
+    t.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in records))
+    t.add_column("status", no_wrap=True, min_width=9)
+    if not one_model:
+        t.add_column("model", overflow="ellipsis", no_wrap=True, max_width=24)
+    t.add_column("created", no_wrap=True)
+    t.add_column("tokens", justify="right", no_wrap=True)
+    t.add_column("TTFT", justify="right", no_wrap=True)
+    t.add_column("total", justify="right", no_wrap=True)
+    if errors:
+        t.add_column("error", overflow="ellipsis", no_wrap=True)
     for r in records:
         usage = r.get("usage") or {}
-        err = r.get("error") or {}
-        t.add_row(
-            r["id"],
-            _status(r),
-            r.get("model", ""),
+        row = [r["id"], _status(r)]
+        if not one_model:
+            row.append(r.get("model", ""))
+        row += [
             _age(r.get("created_at"), now),
             str(usage.get("completion_tokens", "-")),
             _secs(r.get("created_at"), r.get("first_token_at")),
             _secs(r.get("created_at"), r.get("finished_at")),
-            err.get("code", ""),
-        )
+        ]
+        if errors:
+            row.append((r.get("error") or {}).get("code", ""))
+        t.add_row(*row)
     return t
 
 
