@@ -69,9 +69,9 @@ def measure(
     tmp: Path,
     *,
     n_jobs: int = 96,
-    max_tokens: int = 25,
+    max_tokens: int = 20,
     max_num_seqs: int = 8,
-    step_ms: float = 20.0,
+    step_ms: float = 50.0,
 ) -> Scaling:
     worker_args = ["--max-num-seqs", str(max_num_seqs), "--sim-step-ms", str(step_ms)]
     stack = Stack(tmp)
@@ -104,8 +104,9 @@ once and each job takes {s.max_tokens} steps of {s.step_ms:g} ms, so one worker'
 
 **Scaling factor, 2 workers over 1: {s.factor:.2f}x.**
 
-- machine: {platform.machine()}, {_cpus()} CPUs (shared with other work), Python
-  {platform.python_version()}; Redis, the API and both workers on the same machine
+- machine: {platform.machine()}, {_cpus()} CPUs shared with other work (load average
+  {_load():.1f} when the run ended), Python {platform.python_version()}; Redis, the API and
+  the workers all on this machine
 - date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 - command: `{command}`
 
@@ -117,6 +118,12 @@ this file.
 def _row(r: Run) -> str:
     spread = sorted(r.by_worker.values())
     return f"| {r.workers} | {r.jobs} | {r.seconds:.2f} | {r.jobs_per_s:.1f} | {spread} |"
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0]
 
 
 def _cpus() -> int:
@@ -142,9 +149,9 @@ def write_docs(section: str, path: Path = DOCS) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--jobs", type=int, default=96)
-    p.add_argument("--max-tokens", type=int, default=25)
+    p.add_argument("--max-tokens", type=int, default=20)
     p.add_argument("--max-num-seqs", type=int, default=8)
-    p.add_argument("--sim-step-ms", type=float, default=20.0)
+    p.add_argument("--sim-step-ms", type=float, default=50.0)
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="genq-scaling-") as tmp:

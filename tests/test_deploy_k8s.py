@@ -335,7 +335,7 @@ def test_scaled_object_per_model_watches_that_models_queue_lists(target: str) ->
         assert any("\x06\x165" in name for name in lists)  # the default priority's list
         prom = [t for t in so["spec"]["triggers"] if t["type"] == "prometheus"]
         assert len(prom) == 1
-        assert f'genq_worker_in_flight{{model="{model}"}}' in prom[0]["metadata"]["query"]
+        assert f'genq_worker_jobs_in_flight{{model="{model}"}}' in prom[0]["metadata"]["query"]
         # the pool's pods carry the model label its metrics and selectors use
         assert w["spec"]["template"]["metadata"]["labels"]["genq.io/model"] == model
     assert len(models) == len(pools), "two worker pools serve the same model"

@@ -111,7 +111,7 @@ def test_worker_metrics(metered_stack: tuple[Stack, str]) -> None:
             assert time.monotonic() < deadline, mid
             time.sleep(0.05)
         assert value(mid, "genq_worker_engine_requests", model=M, state="running") == 2
-        assert value(mid, "genq_worker_in_flight", model=M) == 3
+        assert value(mid, "genq_worker_jobs_in_flight", model=M) == 3
         for j in long_jobs:
             c.post(f"/v1/jobs/{j['id']}/cancel")
         ok = [submit(c, {"prompt": "one two", "params": {"max_tokens": 7}}) for _ in range(2)]
@@ -138,7 +138,7 @@ def test_worker_metrics(metered_stack: tuple[Stack, str]) -> None:
         "genq_worker_publish_batch_size_sum"
     )
     assert grew("genq_worker_publish_duration_seconds_count") == batches
-    assert value(after, "genq_worker_in_flight", model=M) == 0
+    assert value(after, "genq_worker_jobs_in_flight", model=M) == 0
     assert value(after, "genq_worker_ready", model=M) == 1
 
 

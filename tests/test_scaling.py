@@ -76,7 +76,9 @@ def test_jobs_spread_and_survive_a_killed_worker(stack: Stack) -> None:
 
 
 def test_two_workers_double_throughput(tmp_path: Path) -> None:
-    s = measure(tmp_path, n_jobs=64, max_tokens=25, max_num_seqs=8, step_ms=20)
+    # 1 s jobs (20 steps x 50 ms): the engine's fixed speed dominates, not the CPU the queue
+    # layer spends per job, so the factor holds on a busy 2-core CI machine too.
+    s = measure(tmp_path, n_jobs=48, max_tokens=20, max_num_seqs=8, step_ms=50)
     print(
         f"\nscaling (simulated engine): 1 worker {s.one.jobs_per_s:.1f} jobs/s, "
         f"2 workers {s.two.jobs_per_s:.1f} jobs/s -> {s.factor:.2f}x"

@@ -45,7 +45,9 @@ def test_health_endpoints_and_drain(stack: Stack) -> None:
     assert ready.json()["model"] == DEFAULT_MODEL and ready.json()["worker"] == "w1"
     metrics = httpx.get(base + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert f'genq_worker_in_flight{{model="{DEFAULT_MODEL}",worker="w1"}} 0.0' in metrics.text
+    assert f'genq_worker_jobs_in_flight{{model="{DEFAULT_MODEL}"}} 0.0' in metrics.text
+    peak = f'genq_worker_peak_in_flight{{model="{DEFAULT_MODEL}",worker="w1"}}'
+    assert peak in metrics.text
     assert _metric(metrics.text, "genq_worker_ready") == 1.0
     assert httpx.get(base + "/nope").status_code == 404
 
@@ -59,7 +61,7 @@ def test_health_endpoints_and_drain(stack: Stack) -> None:
             assert time.monotonic() < deadline, "job never started"
             time.sleep(0.05)
         text = httpx.get(base + "/metrics").text
-        assert _metric(text, "genq_worker_in_flight") == 1.0
+        assert _metric(text, "genq_worker_jobs_in_flight") == 1.0
         assert _metric(text, "genq_worker_jobs_done_total") >= 1.0
         assert _metric(text, "genq_worker_peak_in_flight") >= 1.0
 
@@ -77,34 +79,34 @@ def test_health_endpoints_and_drain(stack: Stack) -> None:
     assert worker.popen.wait(30) == 0
 
 
-class _LoadingHost:
-    """An EngineHost as seen before its engine has loaded (main.py starts the health server
-    first, so probes get answers during a minutes-long model load)."""
+class _FakeHost:
+    """What the health server reads of an EngineHost, with switches for the bad states."""
 
-    worker_id = "w-loading"
+    worker_id = "w-fake"
     jobs_done = 0
     peak_in_flight = 0
-    started_at = 0.0
     ready = False
     in_flight = 0
 
-    engine = SimpleNamespace(info=SimpleNamespace(model="m", max_num_seqs=8))
+    def __init__(self) -> None:
+        self.engine = SimpleNamespace(
+            info=SimpleNamespace(model="m", max_num_seqs=8), errored=False, stats=dict
+        )
 
 
-def test_readyz_is_503_while_the_engine_loads() -> None:
-    from prometheus_client import CollectorRegistry
-
+def test_not_ready_is_503_and_dead_engine_fails_liveness() -> None:
     from worker.health import serve_health
 
-    server = serve_health(_LoadingHost(), 0, bind="127.0.0.1", registry=CollectorRegistry())
+    host = _FakeHost()
+    server = serve_health(host, 0, bind="127.0.0.1")
     try:
         base = f"http://127.0.0.1:{server.port}"
         assert httpx.get(base + "/healthz").status_code == 200
         r = httpx.get(base + "/readyz")
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
-        assert (
-            'genq_worker_ready{model="m",worker="w-loading"} 0.0'
-            in httpx.get(base + "/metrics").text
-        )
+        assert 'genq_worker_ready{model="m"} 0.0' in httpx.get(base + "/metrics").text
+        host.engine.errored = True  # liveness fails: Kubernetes restarts the pod
+        r = httpx.get(base + "/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "engine_dead"
     finally:
         server.close()

@@ -95,7 +95,6 @@ class EngineHost:
         self.publisher = DeltaPublisher(self.store, self.worker_id, self._on_refused)
         await self.engine.start()
         self.publisher.start()
-        metrics.bind_host(self)
         self._bg = [
             asyncio.create_task(self._heartbeat_loop(), name="genq-heartbeat"),
             asyncio.create_task(self._cancel_listener(), name="genq-cancel-listener"),

@@ -191,15 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
     )
+    host.start()
+    attach_host(host)
     if args.health_port:
-        # Before the engine loads (minutes for a large model): /healthz answers at once and
-        # /readyz says 503 until the worker consumes, so a Kubernetes startupProbe on /readyz
-        # measures the load and liveness never kills a pod that is still loading.
         from worker.health import serve_health
 
         serve_health(host, args.health_port)
-    host.start()
-    attach_host(host)
     queue = keys.queue_for_model(engine.info.model)
     concurrency = args.concurrency or engine.info.max_num_seqs
     log.info(

@@ -1,7 +1,8 @@
 """The worker's Prometheus metrics, in one module-level registry.
 
 `REGISTRY` is what the worker's health server (worker/health.py) serves at /metrics, next to
-vLLM's own `vllm:*` metrics (prometheus_client's default registry). Counters and histograms
+vLLM's own `vllm:*` metrics (prometheus_client's default registry); other worker modules
+register their metrics on it (`Counter(..., registry=REGISTRY)`). Counters and histograms
 are updated by the engine host and the delta publisher as things happen; gauges that mirror
 live state (jobs in flight, engine queue, KV-cache use, publisher totals) are read from the
 bound host at scrape time by `HostCollector`, so no code has to keep them in step.
@@ -11,7 +12,7 @@ Every metric is listed in docs/METRICS.md.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -19,8 +20,6 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
-
-    from worker.host import EngineHost
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -73,16 +72,29 @@ JOB_TTFT = Histogram(
 class HostCollector(Collector):
     """Gauges read from the live EngineHost at scrape time."""
 
-    def __init__(self, host: EngineHost):
+    def __init__(self, host: Any):
         self.host = host
 
     def collect(self) -> Iterable[Metric]:
-        # Jobs in flight, readiness and jobs done come from worker.health's collector.
+        # Peak in flight, batch size and jobs done: worker.health's HostLoadCollector.
         host = self.host
         model = host.engine.info.model
+        g = GaugeMetricFamily(
+            "genq_worker_jobs_in_flight", "Jobs this worker is running now", labels=["model"]
+        )
+        g.add_metric([model], host.in_flight)
+        yield g
+        g = GaugeMetricFamily(
+            "genq_worker_ready",
+            "1 while the worker takes jobs (engine up, consuming, not draining)",
+            labels=["model"],
+        )
+        g.add_metric([model], 1.0 if host.ready else 0.0)
+        yield g
         labels = ["model", "worker"]
         values = [model, host.worker_id]
-        stats = host.engine.stats()
+        stats_fn = getattr(host.engine, "stats", None)  # absent on probes' test doubles
+        stats = stats_fn() if stats_fn is not None else {}
         reqs = GaugeMetricFamily(
             "genq_worker_engine_requests",
             "Requests in the engine's scheduler, by state (vLLM SchedulerStats)",
@@ -124,7 +136,7 @@ class HostCollector(Collector):
 _bound: HostCollector | None = None
 
 
-def bind_host(host: EngineHost) -> None:
+def bind_host(host: Any) -> None:
     """Expose `host`'s live gauges in REGISTRY (once per process; a second call rebinds)."""
     global _bound
     if _bound is not None:
