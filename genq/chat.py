@@ -33,12 +33,13 @@ def stream_job(
     status: Console | None = None,
 ) -> dict[str, Any]:
     """Submit a chat job and write its answer to `out` as it streams. With a `status`
-    console (a terminal), a spinner shows the job's state until the first token."""
+    console (a terminal), a spinner runs until the first token."""
     r = client.post("/v1/jobs", json=body)
     if r.status_code >= 400:
         raise SystemExit(f"genq chat: {r.status_code} {r.json().get('error', {}).get('message')}")
     job = r.json()
-    spinner = status.status(f"[dim]{job['id']} queued...[/]") if status is not None else None
+    waiting = f"[dim]{job['id']} accepted; waiting for the first token...[/]"
+    spinner = status.status(waiting) if status is not None else None
     if spinner is not None:
         spinner.start()
     started = False
@@ -51,9 +52,9 @@ def stream_job(
         out.write(text)
         out.flush()
 
-    try:
-        from genq.jobs_cli import follow
+    from genq.jobs_cli import follow  # here: jobs_cli imports iter_sse from this module
 
+    try:
         final, _ = follow(client, job["id"], -1, write)
     finally:
         if spinner is not None and not started:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
   genq chat --system "Answer in French." -v       # interactive, with job id and timings
   GENQ_URL=https://genq.example GENQ_API_KEY=... genq chat "Hi"
 
-On a terminal a spinner shows the job's state until the first token, and a footer gives
+On a terminal a spinner runs until the first token, and a footer gives
 the job id, tokens, time to first token and tokens/s (-v prints it when piped too).""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
