@@ -175,10 +175,15 @@ class Stack:
 
             from common import keys
 
-            ids = [w.args[w.args.index("--worker-id") + 1] for w in self.workers]
+            ids = [
+                w.args[w.args.index("--worker-id") + 1]
+                for w in self.workers
+                if "--worker-id" in w.args
+            ]
             r = sync_redis.Redis.from_url(self.redis.url)
             try:
-                r.hdel(keys.WORKERS, *ids)
+                if ids:
+                    r.hdel(keys.WORKERS, *ids)
             except sync_redis.RedisError:
                 pass
             finally:
