@@ -15,12 +15,13 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from common import keys
 from common.models import JobRecord
 from common.settings import Settings
 from common.taskspec import TASK_NAME, broker_transport_options
-from worker.host import EngineHost
+from worker.host import EngineHost, NotAccepting
 
 log = logging.getLogger("genq.worker")
 
@@ -58,7 +59,13 @@ def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
         (sizes and params, never the prompt)."""
         if _host is None:
             raise RuntimeError("no engine host attached to this worker process")
-        return _host.run_job_blocking(job_id)
+        try:
+            return _host.run_job_blocking(job_id)
+        except NotAccepting as exc:
+            # Back to the queue, untouched, for a healthy worker (a plain exception would be
+            # acked as a failure with acks_late, and the job would wait forever).
+            log.warning("job %s handed back to the queue: %s", job_id, exc)
+            raise Reject(str(exc), requeue=True) from exc
 
     return app
 

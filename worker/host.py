@@ -7,7 +7,9 @@ by it continuously. The host also:
   * heartbeats into genq:workers (model, max_model_len, in-flight) so the API knows what is
     served and the reaper knows who is alive,
   * runs the reaper: jobs held by workers that stopped heartbeating are requeued (nothing
-    streamed yet) or failed `worker_lost` (invariant 3).
+    streamed yet) or failed `worker_lost` (invariant 3),
+  * refuses jobs (`NotAccepting`) once it drains or its engine died, and tells the Celery side
+    (`on_unhealthy`) to stop consuming, so a broken worker never eats the queue.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ log = logging.getLogger("genq.worker")
 ResendFn = Callable[[JobRecord], None]
 
 
+class NotAccepting(Exception):
+    """This worker takes no new job (draining, or its engine died): the Celery task hands
+    the message back to the queue untouched, for a healthy worker."""
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -68,6 +75,10 @@ class EngineHost:
         self.store: JobStore
         self.publisher: DeltaPublisher
         self._bg: list[asyncio.Task[Any]] = []
+        # Called once, from a plain thread, when the engine dies: the Celery side stops
+        # consuming this worker's queue (set by worker.main).
+        self.on_unhealthy: Callable[[], None] | None = None
+        self._unhealthy_reported = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -140,7 +151,21 @@ class EngineHost:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and self._consuming and not self.engine.errored
+        return self.accepting and self._consuming
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting and not self.engine.errored
+
+    def _check_engine(self) -> None:
+        """Report a dead engine once: heartbeat says not ready, Celery stops consuming."""
+        if not self.engine.errored or self._unhealthy_reported:
+            return
+        self._unhealthy_reported = True
+        log.error("engine died: worker %s stops taking jobs", self.worker_id)
+        self._beat_soon()
+        if self.on_unhealthy is not None:
+            threading.Thread(target=self.on_unhealthy, name="genq-unhealthy", daemon=True).start()
 
     @property
     def in_flight(self) -> int:
@@ -154,9 +179,10 @@ class EngineHost:
 
     async def run_job(self, job_id: str) -> str:
         """Claim and run one job to a terminal state. Returns what happened, for logs."""
-        if self.engine.errored:
-            # Leave the job queued for a healthy worker: raising makes Celery requeue it.
-            raise RuntimeError("engine is dead; refusing jobs")
+        if not self.accepting:
+            # Leave the job queued for a healthy worker (the task requeues the message).
+            self._check_engine()
+            raise NotAccepting("engine dead" if self.engine.errored else "draining")
         claim = await self.store.claim(job_id, self.worker_id)
         if claim.outcome != "claimed":
             log.info("job %s not run: %s %s", job_id, claim.outcome, claim.status)
@@ -174,6 +200,7 @@ class EngineHost:
             self._tasks.pop(job_id, None)
             self._cancelled.discard(job_id)
             self.jobs_done += 1
+            self._check_engine()
 
     async def _generate(self, record: JobRecord) -> str:
         job_id, request = record.id, record.request
@@ -235,8 +262,35 @@ class EngineHost:
     async def _abort(self, job_id: str) -> None:
         try:
             await self.engine.abort(job_id)
+            log.info("job %s: engine request aborted", job_id)
         except Exception:  # an engine that is gone has nothing left to abort
             log.debug("abort of %s failed", job_id, exc_info=True)
+
+    def hand_back_in_flight(self, timeout: float = 5.0) -> list[tuple[str, str]]:
+        """Drain timeout: give up the jobs still running here NOW rather than leave them to
+        the other workers' reaper a heartbeat TTL later. Each is aborted in the engine, then
+        requeue.lua moves it as if this worker had died (requeued and re-sent when it had
+        streamed nothing, else failed `worker_lost`)."""
+        try:
+            return self.call(self._hand_back(), timeout=timeout)  # type: ignore[no-any-return]
+        except Exception as exc:  # best effort: the reaper covers whatever is left
+            log.error("handing back in-flight jobs failed: %s", exc)
+            return []
+
+    async def _hand_back(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for job_id, task in list(self._tasks.items()):
+            outcome = await self.store.requeue_if_dead(job_id, self.worker_id)
+            self._cancelled.add(job_id)
+            task.cancel()  # aborts the engine request
+            out.append((job_id, outcome))
+            log.warning("drain timeout: job %s -> %s", job_id, outcome)
+            if outcome == "requeued" and self.resend is not None:
+                rec = await self.store.get(job_id, with_request=False)
+                if rec is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, self.resend, rec)
+        await self.redis.hdel(keys.WORKERS, self.worker_id)
+        return out
 
     async def _fail(self, job_id: str, code: str, message: str) -> str:
         ok, status = await self._finish(
@@ -312,6 +366,7 @@ class EngineHost:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
+            self._check_engine()
             await self._heartbeat_safe()
 
     async def _reaper_loop(self) -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import redis.exceptions as rex
 
 from common.jobstore import JobStore, PendingDelta
 
@@ -33,10 +36,13 @@ class DeltaPublisher:
         store: JobStore,
         worker_id: str,
         on_refused: Callable[[str], None],
+        *,
+        outage_s: float = 60.0,
     ):
         self.store = store
         self.worker_id = worker_id
         self.on_refused = on_refused
+        self.outage_s = outage_s
         self._pending: dict[str, _Pending] = {}
         self._next: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -104,23 +110,19 @@ class DeltaPublisher:
             fut.set_result(None)
 
     async def _write(self, items: list[PendingDelta]) -> list[int]:
+        """Write one batch, riding out a Redis outage (restart, failover) of up to
+        `outage_s`: the batch is retried whole (append.lua is per job, so a retry after a
+        lost reply could double a delta only if Redis ran it; a reply lost AFTER the run is
+        the one case, and it needs the connection to drop mid-reply). Deltas added meanwhile
+        wait in `_pending` and go out next, in order."""
         delay = 0.05
-        for attempt in range(6):  # ride out a short Redis blip (restart, failover)
+        deadline = time.monotonic() + self.outage_s
+        while True:
             try:
                 return await self.store.append_deltas(self.worker_id, items)
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                if attempt == 5:
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
                     raise
                 log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except Exception as exc:
-                import redis.exceptions as rex
-
-                if isinstance(exc, rex.ConnectionError | rex.TimeoutError) and attempt < 5:
-                    log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                raise
-        raise RuntimeError("unreachable")

@@ -1,0 +1,335 @@
+"""Fault injection, for real: kill workers (SIGKILL, SIGTERM), stop and restart Redis,
+deliver a job twice, kill the engine. Each test builds its own Stack (own Redis) so it can
+break it, asserts the job's terminal state and that nothing is left in genq:running.
+
+Workers run the simulated engine (a test double of the engine, for the queue layer); its
+`[sim:...]` prompt directives inject faults from inside a worker (see simulated_engine.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from common import keys
+from common.taskspec import TASK_NAME, queue_lists
+from tests.stack import DEFAULT_MODEL, Stack, read_sse, submit, wait_job
+
+pytestmark = pytest.mark.timeout(180)
+
+TTL_S = 3.0  # GENQ_WORKER_TTL_S in Stack: a silent worker is dead after this
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path / "stack")
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.stop()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def get(c: httpx.Client, job_id: str) -> dict[str, Any]:
+    return c.get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+
+
+class SseReader(threading.Thread):
+    """Reads a job's SSE stream in the background until its terminal event."""
+
+    def __init__(self, stack: Stack, job_id: str):
+        super().__init__(daemon=True)
+        self.stack, self.job_id = stack, job_id
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with self.stack.client() as c:
+                self.events = read_sse(c, self.job_id, timeout=60)
+        except Exception as exc:
+            self.error = exc
+
+    def terminal(self, timeout: float = 30) -> tuple[str, dict[str, Any]]:
+        self.join(timeout)
+        assert not self.is_alive(), "SSE stream got no terminal event"
+        assert self.error is None, self.error
+        event, _, data = self.events[-1]
+        assert event in ("done", "error"), self.events[-3:]
+        return event, data
+
+
+def queued_messages(stack: Stack, model: str = DEFAULT_MODEL) -> int:
+    r = stack.redis_client()
+    try:
+        return sum(r.llen(q) for q in queue_lists(model))
+    finally:
+        r.close()
+
+
+# -- 1. worker SIGKILL mid-generation -------------------------------------------------------
+
+
+def test_sigkill_after_tokens_fails_worker_lost(stack: Stack) -> None:
+    stack.start_worker("--served-model-name", "reaper-only")  # reaps; never takes our jobs
+    victim = stack.start_worker("--sim-step-ms", "20")
+    with stack.client() as c:
+        job = submit(c, {"prompt": "hi", "params": {"max_tokens": 500}})
+        sse = SseReader(stack, job["id"])
+        wait_until(lambda: get(c, job["id"])["text"], 10, "first token")
+        victim.kill()
+        killed_at = time.monotonic()
+        event, data = sse.terminal()
+        detected = time.monotonic() - killed_at
+        assert event == "error" and data["status"] == "failed"
+        assert data["error"]["code"] == "worker_lost"
+        rec = wait_job(c, job["id"])
+        assert rec["status"] == "failed" and rec["error"]["code"] == "worker_lost"
+    # Bounded by the heartbeat TTL (plus a reaper tick), not Celery's visibility timeout.
+    assert detected < TTL_S + 3, detected
+    assert stack.running_jobs() == []
+
+
+def test_sigkill_before_tokens_retries_on_another_worker(stack: Stack) -> None:
+    victim = stack.start_worker()
+    with stack.client() as c:
+        job = submit(c, {"prompt": "[sim:prefill_ms=2500] hi", "params": {"max_tokens": 5}})
+        sse = SseReader(stack, job["id"])
+        wait_until(lambda: get(c, job["id"])["status"] == "running", 10, "claimed")
+        victim.kill()
+        stack.start_worker()  # the survivor: reaps the job and runs it again
+        event, data = sse.terminal(60)
+        assert event == "done" and data["status"] == "succeeded", data
+        assert data["attempts"] == 2 and data["worker"] == "w2"
+        assert data["text"] == "tok0 tok1 tok2 tok3 tok4"  # one clean run, no stray deltas
+    assert stack.running_jobs() == []
+
+
+def test_sigkilled_worker_leaves_no_process_behind(stack: Stack) -> None:
+    """The harness kills the worker's process group; prove the group is really empty (the
+    real engine's EngineCore is a child process: see test_engine_faults for vLLM)."""
+    import os
+
+    w = stack.start_worker()
+    pgid = w.popen.pid
+    w.kill()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+# -- 2. poison job ---------------------------------------------------------------------------
+
+
+def test_poison_job_fails_after_bounded_attempts(tmp_path: Path) -> None:
+    s = Stack(tmp_path / "poison", env={"GENQ_MAX_ATTEMPTS": "2"})
+    try:
+        s.start_api()
+        s.start_worker("--served-model-name", "reaper-only")
+        with s.client() as c:
+            job = submit(c, {"prompt": "[sim:exit]", "params": {"max_tokens": 5}})
+            deaths = 0
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                rec = get(c, job["id"])
+                if rec["status"] in ("failed", "succeeded"):
+                    break
+                if not s.workers[-1].alive() or s.workers[-1].args[-1] == "reaper-only":
+                    if s.workers[-1].args[-1] != "reaper-only":
+                        deaths += 1
+                    s.start_worker()
+                time.sleep(0.1)
+            rec = wait_job(c, job["id"], timeout=5)
+        assert rec["status"] == "failed" and rec["error"]["code"] == "attempts_exhausted", rec
+        assert deaths == 2, deaths  # exactly GENQ_MAX_ATTEMPTS deaths, then no redelivery
+        time.sleep(TTL_S + 1)  # no redelivery loop: the last worker stays up, queue empty
+        assert s.workers[-1].alive()
+        assert queued_messages(s) == 0
+        assert s.running_jobs() == []
+    finally:
+        s.stop()
+
+
+# -- 3. SIGTERM: drain ---------------------------------------------------------------------
+
+
+def test_sigterm_drains_in_flight_and_leaves_the_rest_queued(stack: Stack) -> None:
+    w1 = stack.start_worker("--sim-step-ms", "20", "--concurrency", "2", "--drain-timeout", "20")
+    with stack.client() as c:
+        jobs = [submit(c, {"prompt": "x", "params": {"max_tokens": 50}}) for _ in range(5)]
+        wait_until(
+            lambda: sum(get(c, j["id"])["status"] == "running" for j in jobs) == 2, 10, "running"
+        )
+        t0 = time.monotonic()
+        rc = w1.term(wait=30)
+        assert time.monotonic() - t0 < 20 and rc == 0, w1.tail()
+        recs = [get(c, j["id"]) for j in jobs]
+        done = [r for r in recs if r["status"] == "succeeded"]
+        assert len(done) >= 2, [r["status"] for r in recs]  # in-flight ones finished
+        assert all(r["status"] in ("succeeded", "queued") for r in recs)
+        # The rest were never started and are back on the queue: a new worker runs them.
+        stack.start_worker()
+        for j in jobs:
+            assert wait_job(c, j["id"], timeout=30)["status"] == "succeeded"
+            assert get(c, j["id"])["attempts"] == 1
+    assert stack.running_jobs() == []
+
+
+def test_drain_timeout_hands_back_jobs(stack: Stack) -> None:
+    w1 = stack.start_worker("--sim-step-ms", "50", "--drain-timeout", "1")
+    with stack.client() as c:
+        streamed = submit(c, {"prompt": "x", "params": {"max_tokens": 400}})
+        silent = submit(c, {"prompt": "[sim:prefill_ms=60000] x", "params": {"max_tokens": 3}})
+        wait_until(lambda: get(c, streamed["id"])["text"], 10, "first token")
+        wait_until(lambda: get(c, silent["id"])["status"] == "running", 10, "running")
+        t0 = time.monotonic()
+        w1.term(wait=15)
+        # Handed back at the drain timeout, not a heartbeat TTL later.
+        rec = wait_job(c, streamed["id"], timeout=5)
+        assert time.monotonic() - t0 < 5
+        assert rec["status"] == "failed" and rec["error"]["code"] == "worker_lost"
+        assert get(c, silent["id"])["status"] == "queued"
+        assert queued_messages(stack) == 1  # re-sent for another worker
+    assert stack.running_jobs() == []
+
+
+# -- 4/5. Redis down, Redis restarted --------------------------------------------------------
+
+
+def test_redis_down_then_back(stack: Stack) -> None:
+    stack.start_worker("--sim-step-ms", "20")
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 2000}})
+        sse = SseReader(stack, job["id"])
+        wait_until(lambda: get(c, job["id"])["text"], 10, "first token")
+        stack.redis.stop()
+        try:
+            t0 = time.monotonic()
+            r = c.post("/v1/jobs", json={"prompt": "x"})
+            assert time.monotonic() - t0 < 2
+            assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+            assert "Traceback" not in r.text and r.json()["error"]["code"] == "redis_unavailable"
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and "Retry-After" in ready.headers
+            event, data = sse.terminal(10)
+            assert event == "error" and data["error"]["code"] == "redis_unavailable"
+        finally:
+            stack.redis.start()
+        # Back: the API, the relay and the workers recover without a restart.
+        wait_until(lambda: c.get("/readyz").status_code == 200, 15, "API ready again")
+        rec = wait_job(c, job["id"], timeout=60)
+        assert rec["status"] in ("succeeded", "failed")  # terminal, not stuck
+        new = submit(c, {"prompt": "again", "params": {"max_tokens": 3}})
+        assert wait_job(c, new["id"], timeout=30)["status"] == "succeeded"
+    assert stack.running_jobs() == []
+
+
+def test_redis_restart_while_job_runs(stack: Stack) -> None:
+    stack.start_worker("--sim-step-ms", "10")
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 300}})
+        wait_until(lambda: get(c, job["id"])["text"], 10, "first token")
+        stack.redis.restart()  # SIGTERM: appendonly flushes; the same data comes back
+        rec = wait_job(c, job["id"], timeout=60)
+        assert rec["status"] == "succeeded", rec
+        assert rec["usage"]["completion_tokens"] == 300
+        words = rec["text"].split()
+        assert words == [f"tok{i}" for i in range(300)]  # no gap, no duplicate after retry
+    assert stack.running_jobs() == []
+
+
+# -- 6. duplicate delivery -------------------------------------------------------------------
+
+
+def test_duplicate_delivery_runs_once(stack: Stack) -> None:
+    stack.start_worker("--sim-step-ms", "10", "--concurrency", "4")
+    from celery import Celery
+
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 30}})
+        app = Celery("dup", broker=stack.redis.url)
+        for _ in range(3):  # the same message again, as a redelivery would bring it
+            app.send_task(TASK_NAME, args=[job["id"]], queue=keys.queue_for_model(DEFAULT_MODEL))
+        rec = wait_job(c, job["id"])
+        time.sleep(0.5)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 1
+        assert rec["text"].split() == [f"tok{i}" for i in range(30)]
+        app.send_task(TASK_NAME, args=[job["id"]], queue=keys.queue_for_model(DEFAULT_MODEL))
+        wait_until(lambda: queued_messages(stack) == 0, 10, "late duplicate consumed")
+        time.sleep(0.3)
+        assert get(c, job["id"])["attempts"] == 1
+    logs = stack.worker_logs()
+    assert logs.count(f"job {job['id']} started") == 1
+    assert logs.count(f"job {job['id']} not run: skip") == 4
+    assert stack.running_jobs() == []
+
+
+# -- 8. timeout and queue TTL ----------------------------------------------------------------
+
+
+def test_timeout_fails_and_aborts(stack: Stack) -> None:
+    stack.start_worker("--sim-step-ms", "20")
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 5000}, "timeout_s": 0.5})
+        rec = wait_job(c, job["id"], timeout=20)
+        assert rec["status"] == "failed" and rec["error"]["code"] == "timeout"
+    wait_until(lambda: f"job {job['id']}: engine request aborted" in stack.worker_logs(), 5, "abort")
+    assert stack.running_jobs() == []
+
+
+def test_queue_ttl_expires_without_starting(stack: Stack) -> None:
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 3}, "queue_ttl_s": 0.5})
+        time.sleep(1.0)
+        stack.start_worker()
+        rec = wait_job(c, job["id"], timeout=20)
+        assert rec["status"] == "expired" and rec["started_at"] is None
+        assert rec["error"]["code"] == "queue_ttl"
+    assert f"job {job['id']} started" not in stack.worker_logs()
+    assert stack.running_jobs() == []
+
+
+# -- 9. engine death inside a worker ---------------------------------------------------------
+
+
+def test_engine_death_fails_jobs_and_stops_consuming(stack: Stack) -> None:
+    sick = stack.start_worker("--sim-step-ms", "20")
+    with stack.client() as c:
+        victim = submit(c, {"prompt": "y", "params": {"max_tokens": 200}})
+        sse = SseReader(stack, victim["id"])
+        wait_until(lambda: get(c, victim["id"])["text"], 10, "first token")
+        killer = submit(c, {"prompt": "[sim:kill_engine]", "params": {"max_tokens": 3}})
+        event, data = sse.terminal(10)
+        assert event == "error" and data["error"]["code"] == "engine_error"
+        assert wait_job(c, killer["id"])["error"]["code"] == "engine_error"
+        r = stack.redis_client()
+        wait_until(
+            lambda: b'"ready":false' in (r.hget(keys.WORKERS, "w1") or b""), 5, "not ready"
+        )
+        r.close()
+        # It does not eat the queue: new jobs wait for a healthy worker.
+        later = [submit(c, {"prompt": "z", "params": {"max_tokens": 3}}) for _ in range(5)]
+        time.sleep(2)
+        assert all(get(c, j["id"])["status"] == "queued" for j in later)
+        assert sick.alive()
+        stack.start_worker()
+        for j in later:
+            rec = wait_job(c, j["id"], timeout=30)
+            assert rec["status"] == "succeeded" and rec["worker"] == "w2"
+    assert stack.running_jobs() == []
