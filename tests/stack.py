@@ -209,8 +209,16 @@ def submit(client: httpx.Client, body: dict[str, Any], **kw: Any) -> dict[str, A
 
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    rec: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        r = client.get(f"/v1/jobs/{job_id}", params={"wait": min(10, timeout)})
+        try:
+            r = client.get(f"/v1/jobs/{job_id}", params={"wait": min(10, timeout)})
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if r.status_code == 503:  # Redis restarting: the API says so; ask again
+            time.sleep(0.2)
+            continue
         rec = r.json()
         if rec["status"] in ("succeeded", "failed", "cancelled", "expired"):
             return rec  # type: ignore[no-any-return]

@@ -33,7 +33,36 @@ def attach_host(host: EngineHost) -> None:
     _host = host
 
 
+def _survive_broker_loss() -> None:
+    """Keep the worker alive across a Redis outage (seen with kombu 5.7 / celery 5.7).
+
+    On a lost broker connection Celery drops the connection's transport client, then closes
+    the old channel, and later acks tasks that ran through the outage on that old channel.
+    Both reach kombu's Redis `Channel._connparams` with the client gone, which raises
+    AttributeError; Celery treats that as unrecoverable and the worker exits instead of
+    reconnecting. We turn it into the connection error it is: Celery then logs the failed
+    ack/restore and carries on with the new connection. Nothing is lost: an unacked message
+    stays in Redis's unacked hash (restored after the visibility timeout), the job record
+    holds the truth, and claim.lua drops the duplicate that restore brings.
+    """
+    import redis.exceptions as rex
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "_genq_patched", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise rex.ConnectionError("broker channel closed after a lost connection")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams._genq_patched = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = _connparams
+
+
 def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
+    _survive_broker_loss()
     app = Celery("genq", broker=settings.redis_url, set_as_current=True)
     app.conf.update(
         task_ignore_result=True,
