@@ -148,6 +148,48 @@ def test_sigkilled_worker_leaves_no_process_behind(stack: Stack) -> None:
         os.killpg(pgid, 0)
 
 
+def test_messages_a_dead_worker_received_but_never_claimed_are_recovered(stack: Stack) -> None:
+    """A worker can die after Celery handed it a message (now in kombu's unacked hash) but
+    before claim.lua ran: the job is still `queued`, in no running set, and kombu would only
+    restore it after the visibility timeout (hours). The reaper must recover it."""
+    import json as _json
+    import subprocess
+    import sys
+
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 3}})
+        queue = keys.queue_for_model(DEFAULT_MODEL)
+        # A "worker" takes the message without acking, then dies (os._exit) mid-way.
+        code = (
+            "import os, sys; from kombu import Connection\n"
+            "from common.taskspec import broker_transport_options as o\n"
+            "c = Connection(sys.argv[1], transport_options=o(7200)); ch = c.default_channel\n"
+            "m = ch.basic_get(sys.argv[2], no_ack=False)\n"
+            "print('got' if m is not None else 'none', flush=True); os._exit(9)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, stack.redis.url, queue],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert out.stdout.strip() == "got", out
+        assert queued_messages(stack) == 0
+        r = stack.redis_client()
+        assert r.hlen("unacked") == 1
+        # It had heartbeated, then went silent (what a SIGKILL leaves behind).
+        ghost = {"id": "ghost", "model": DEFAULT_MODEL, "max_model_len": 4096,
+                 "max_num_seqs": 8, "in_flight": 0, "ready": True, "started_at": 0,
+                 "heartbeat_at": time.time() - 60, "hostname": "x"}  # fmt: skip
+        r.hset(keys.WORKERS, "ghost", _json.dumps(ghost))
+        r.close()
+        stack.start_worker()
+        rec = wait_job(c, job["id"], timeout=30)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 1
+    assert "worker ghost is dead" in stack.worker_logs()
+    assert stack.running_jobs() == []
+
+
 # -- 2. poison job ---------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ Settings that matter for hosting an async engine under Celery:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
@@ -58,7 +59,7 @@ def _survive_broker_loss() -> None:
         return original(self, asynchronous=asynchronous)
 
     _connparams._genq_patched = True  # type: ignore[attr-defined]
-    kombu_redis.Channel._connparams = _connparams
+    setattr(kombu_redis.Channel, "_connparams", _connparams)  # noqa: B010
 
 
 def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
@@ -111,3 +112,29 @@ def resend_task(app: Celery) -> Any:
         )
 
     return resend
+
+
+def restore_unacked_task(app: Celery) -> Callable[[], int]:
+    """How the reaper recovers the messages a dead worker held but had not claimed yet.
+
+    With acks_late, every message a worker has received sits in kombu's `unacked` hash until
+    it is acked. A message received but not yet claimed (claim.lua) when its worker died
+    belongs to a job that is still `queued` and in no one's `running` set, so the reaper's
+    job scan cannot see it, and kombu would only restore it after the visibility timeout
+    (hours). kombu does not record which consumer holds a message, so on a worker's death
+    we put EVERY unacked message back on its queue: the dead worker's are now redelivered,
+    and a live worker's in-progress ones come back as duplicates that claim.lua drops
+    (`skip`: running or terminal). Returns how many messages were restored.
+    """
+
+    def restore() -> int:
+        with app.connection_for_write() as conn:
+            channel: Any = conn.default_channel
+            qos = channel.qos
+            with channel.conn_or_acquire() as client:
+                tags = client.zrange(qos.unacked_index_key, 0, -1)
+                for tag in tags:
+                    qos.restore_by_tag(tag, client)
+        return len(tags)
+
+    return restore

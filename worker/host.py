@@ -39,6 +39,7 @@ from worker.publisher import DeltaPublisher
 log = logging.getLogger("genq.worker")
 
 ResendFn = Callable[[JobRecord], None]
+RestoreFn = Callable[[], int]
 
 
 class NotAccepting(Exception):
@@ -58,11 +59,13 @@ class EngineHost:
         *,
         worker_id: str | None = None,
         resend: ResendFn | None = None,
+        restore_unacked: RestoreFn | None = None,
     ):
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.resend = resend
+        self.restore_unacked = restore_unacked
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="genq-engine-loop", daemon=True)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -373,16 +376,24 @@ class EngineHost:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
-                await reap_dead_workers(self.store, self.settings, self.resend)
+                await reap_dead_workers(
+                    self.store, self.settings, self.resend, self.restore_unacked
+                )
             except (rex.RedisError, OSError) as exc:
                 log.warning("reaper: Redis unavailable (%s)", exc)
 
 
 async def reap_dead_workers(
-    store: JobStore, settings: Settings, resend: ResendFn | None
+    store: JobStore,
+    settings: Settings,
+    resend: ResendFn | None,
+    restore_unacked: RestoreFn | None = None,
 ) -> list[tuple[str, str]]:
-    """Requeue or fail the running jobs of workers that stopped heartbeating. Safe to run in
-    every worker at once: requeue.lua moves each job once, and only its winner re-sends."""
+    """Requeue or fail the running jobs of workers that stopped heartbeating, and recover
+    the Celery messages they held unclaimed. Safe to run in every worker at once: the one
+    whose HDEL removes a dead worker's heartbeat handles its messages, requeue.lua moves
+    each job once, and only its winner re-sends."""
+    await _bury_dead_workers(store, settings, restore_unacked)
     running = await store.redis.zrange(keys.RUNNING, 0, -1)
     if not running:
         return []
@@ -403,15 +414,30 @@ async def reap_dead_workers(
             rec = await store.get(job_id, with_request=False)
             if rec is not None:
                 await asyncio.get_running_loop().run_in_executor(None, resend, rec)
-    dead_long = [
+    return actions
+
+
+async def _bury_dead_workers(
+    store: JobStore, settings: Settings, restore_unacked: RestoreFn | None
+) -> None:
+    """Remove the heartbeat of each worker silent for longer than the TTL; whoever removes
+    it (HDEL is atomic) puts the unacked Celery messages back (see restore_unacked_task).
+    A worker that was only slow simply heartbeats itself back in."""
+    now = time.time()
+    dead = [
         w
         for w, blob in (await store.redis.hgetall(keys.WORKERS)).items()
-        if time.time() - WorkerInfo.model_validate_json(blob).heartbeat_at
-        > 30 * settings.worker_ttl_s
+        if now - WorkerInfo.model_validate_json(blob).heartbeat_at > settings.worker_ttl_s
     ]
-    if dead_long:
-        await store.redis.hdel(keys.WORKERS, *dead_long)
-    return actions
+    for wid in dead:
+        if not await store.redis.hdel(keys.WORKERS, wid):
+            continue  # another worker's reaper got it
+        log.warning(
+            "reaper: worker %s is dead (no heartbeat for %ss)", _text(wid), settings.worker_ttl_s
+        )
+        if restore_unacked is not None:
+            n = await asyncio.get_running_loop().run_in_executor(None, restore_unacked)
+            log.warning("reaper: put %d unacked message(s) back on the queues", n)
 
 
 def _text(v: Any) -> str:

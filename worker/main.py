@@ -177,12 +177,18 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     from common import keys
-    from worker.celery_app import attach_host, make_celery, resend_task
+    from worker.celery_app import attach_host, make_celery, resend_task, restore_unacked_task
     from worker.host import EngineHost
 
     app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
     engine = build_engine(args)
-    host = EngineHost(engine, settings, worker_id=args.worker_id, resend=resend_task(app))
+    host = EngineHost(
+        engine,
+        settings,
+        worker_id=args.worker_id,
+        resend=resend_task(app),
+        restore_unacked=restore_unacked_task(app),
+    )
     log.info(
         "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
     )
