@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     from worker.host import EngineHost
 
     app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
+    if args.engine == "vllm":
+        from worker.parent_death import die_with_parent
+
+        die_with_parent()  # the EngineCore child must not outlive a SIGKILLed worker
     engine = build_engine(args)
     host = EngineHost(
         engine,
