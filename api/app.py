@@ -16,7 +16,7 @@ from .enqueue import Enqueuer
 from .limits import BodySizeLimit
 from .models_directory import ModelDirectory
 from .relay import StreamRelay
-from .routes import jobs, system
+from .routes import jobs, openai, system
 
 log = logging.getLogger("genq.api")
 
@@ -62,5 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router)
+    app.include_router(openai.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
