@@ -67,9 +67,10 @@ class SseReader(threading.Thread):
         from genq.chat import iter_sse
 
         try:
-            with self.stack.client() as c, c.stream(
-                "GET", f"/v1/jobs/{self.job_id}/events", timeout=60
-            ) as r:
+            with (
+                self.stack.client() as c,
+                c.stream("GET", f"/v1/jobs/{self.job_id}/events", timeout=60) as r,
+            ):
                 assert r.status_code == 200, r.read()
                 self.opened.set()
                 for event, data in iter_sse(r.iter_lines()):
@@ -386,7 +387,9 @@ def test_timeout_fails_and_aborts(stack: Stack) -> None:
         job = submit(c, {"prompt": "x", "params": {"max_tokens": 5000}, "timeout_s": 0.5})
         rec = wait_job(c, job["id"], timeout=20)
         assert rec["status"] == "failed" and rec["error"]["code"] == "timeout"
-    wait_until(lambda: f"job {job['id']}: engine request aborted" in stack.worker_logs(), 5, "abort")
+    wait_until(
+        lambda: f"job {job['id']}: engine request aborted" in stack.worker_logs(), 5, "abort"
+    )
     assert stack.running_jobs() == []
 
 
@@ -416,9 +419,7 @@ def test_engine_death_fails_jobs_and_stops_consuming(stack: Stack) -> None:
         assert event == "error" and data["error"]["code"] == "engine_error"
         assert wait_job(c, killer["id"])["error"]["code"] == "engine_error"
         r = stack.redis_client()
-        wait_until(
-            lambda: b'"ready":false' in (r.hget(keys.WORKERS, "w1") or b""), 5, "not ready"
-        )
+        wait_until(lambda: b'"ready":false' in (r.hget(keys.WORKERS, "w1") or b""), 5, "not ready")
         r.close()
         # It does not eat the queue: new jobs wait for a healthy worker.
         later = [submit(c, {"prompt": "z", "params": {"max_tokens": 3}}) for _ in range(5)]

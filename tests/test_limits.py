@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest

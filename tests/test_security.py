@@ -23,7 +23,12 @@ from tests.stack import Stack, submit, wait_job
 
 pytestmark = pytest.mark.timeout(120)
 
-KEY_A, KEY_B, KEY_RATE, ADMIN = "key-a-0123456789", "key-b-0123456789", "key-rate-01234", "adm-k-0123"
+KEY_A, KEY_B, KEY_RATE, ADMIN = (
+    "key-a-0123456789",
+    "key-b-0123456789",
+    "key-rate-01234",
+    "adm-k-0123",
+)
 RATE = 10
 PASSWORD = "s3cr3t-Pa55w0rd"
 PROMPT = "PRIVATE-PROMPT-zebra-quartz"
@@ -120,9 +125,7 @@ def test_rate_limited_answer_has_retry_after(stack: Stack) -> None:
 
 
 def test_require_admin_guards_admin_routes(redis_server: LocalRedis) -> None:
-    settings = Settings(
-        redis_url=redis_server.url, api_keys=[KEY_A], admin_keys=[ADMIN]
-    )  # type: ignore[call-arg]
+    settings = Settings(redis_url=redis_server.url, api_keys=[KEY_A], admin_keys=[ADMIN])  # type: ignore[call-arg]
     app = create_app(settings)
 
     @app.get("/v1/admin/_probe", dependencies=[Depends(require_admin)])
