@@ -378,6 +378,52 @@ def test_flood_of_abandoned_streams_is_aborted(stack: Stack) -> None:
     assert stack.running_jobs() == []
 
 
+def test_flood_of_abandoned_openai_streams_is_aborted(stack: Stack) -> None:
+    """The synchronous face: a client that closes its /v1/chat/completions stream cancels
+    its job by itself (no explicit cancel), and the engine aborts it."""
+    import asyncio
+
+    stack.start_worker("--sim-step-ms", "20")
+    n = 100
+    body = {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5000,
+        "stream": True,
+    }
+
+    async def abandon_all() -> list[str]:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as ac:
+
+            async def one() -> str:
+                async with ac.stream("POST", "/v1/chat/completions", json=body) as resp:
+                    assert resp.status_code == 200
+                    job_id = resp.headers["x-genq-job-id"]
+                    async for line in resp.aiter_lines():
+                        if line.startswith("data:") and '"content"' in line:
+                            break  # gone mid-stream, without a word
+                return job_id
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    ids = asyncio.run(abandon_all())
+    assert len(set(ids)) == n
+    wait_until(
+        lambda: all(f"job {j}: engine request aborted" in stack.worker_logs() for j in ids),
+        20,
+        "every abandoned request aborted in the engine",
+    )
+    with stack.client() as c:
+        assert all(get(c, j)["status"] == "cancelled" for j in ids)
+        t0 = time.monotonic()
+        r = c.post(
+            "/v1/chat/completions",
+            json={**body, "stream": False, "max_tokens": 5},
+        )
+        assert r.status_code == 200 and time.monotonic() - t0 < 3
+    assert stack.running_jobs() == []
+
+
 # -- 8. timeout and queue TTL ----------------------------------------------------------------
 
 
