@@ -191,6 +191,52 @@ def test_messages_a_dead_worker_received_but_never_claimed_are_recovered(stack: 
     assert stack.running_jobs() == []
 
 
+def test_reaper_dying_before_its_resend_strands_nothing(stack: Stack) -> None:
+    """requeue.lua ran (the job is `queued` again) but the reaper's process died before it
+    re-sent the message: no message exists anywhere. Another reaper must re-send it."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from common.jobstore import JobStore, redis_from_url
+
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 3}})
+        # The job's message is consumed and acked (its worker took it) ...
+        code = (
+            "import sys; from kombu import Connection\n"
+            "from common.taskspec import broker_transport_options as o\n"
+            "c = Connection(sys.argv[1], transport_options=o(7200)); ch = c.default_channel\n"
+            "m = ch.basic_get(sys.argv[2], no_ack=False); m.ack(); print('acked')\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, stack.redis.url, keys.queue_for_model(DEFAULT_MODEL)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert out.stdout.strip() == "acked", out
+
+        async def claim_then_requeue_without_resend() -> str:
+            redis = redis_from_url(stack.redis.url)
+            store = JobStore(redis)
+            assert (await store.claim(job["id"], "ghost")).outcome == "claimed"
+            outcome = await store.requeue_if_dead(job["id"], "ghost")  # ... and its reaper
+            await redis.aclose()  # dies here, before re-sending
+            return outcome
+
+        assert asyncio.run(claim_then_requeue_without_resend()) == "requeued"
+        assert get(c, job["id"])["status"] == "queued" and queued_messages(stack) == 0
+        stack.start_worker()
+        rec = wait_job(c, job["id"], timeout=30)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 2
+    assert "was requeued but never re-sent" in stack.worker_logs()
+    r = stack.redis_client()
+    assert r.zcard(keys.REQUEUED) == 0
+    r.close()
+    assert stack.running_jobs() == []
+
+
 # -- 2. poison job ---------------------------------------------------------------------------
 
 

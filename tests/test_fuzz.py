@@ -1,6 +1,6 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI schema (schemathesis, on
-hypothesis): for every operation, generated requests, valid and invalid, never get a 5xx
-and never a traceback in the body. Runs against a real API process and Redis; bounded by
+hypothesis): for every operation, generated requests, valid and invalid, never get a 500
+(503 only with Retry-After) and never a traceback in the body. Runs against a real API process and Redis; bounded by
 the example count (well under a minute on 2 cores)."""
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ def check(case: schemathesis.Case, base_url: str, seen: list[int]) -> None:
         case.query["wait"] = 0  # long-polling a queued job would only test patience
     response = case.call(base_url=base_url, timeout=10)
     seen.append(response.status_code)
-    assert response.status_code < 500, (case.method, case.path, response.text[:500])
+    # 503 + Retry-After is a documented answer (no live worker for a synchronous request,
+    # Redis unavailable); any other 5xx is a bug.
+    where = (case.method, case.path, response.text[:500])
+    assert response.status_code < 500 or response.status_code == 503, where
+    if response.status_code == 503:
+        assert response.headers.get("retry-after"), where
     assert "Traceback" not in response.text
     if response.status_code >= 400:
         err = response.json()["error"]  # every error has the one shape
@@ -48,7 +53,7 @@ def test_no_server_errors(fuzz_stack: Stack) -> None:
 
         @given(case=op.as_strategy())
         @settings(
-            max_examples=25,
+            max_examples=12,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,  # the same cases every run: a failure reproduces
@@ -59,5 +64,5 @@ def test_no_server_errors(fuzz_stack: Stack) -> None:
 
         run()
     # It really exercised the API: many calls, both accepted and refused ones.
-    assert len(seen) >= 10 * len(operations)
+    assert len(seen) >= 5 * len(operations)
     assert any(c < 300 for c in seen) and any(400 <= c < 500 for c in seen)

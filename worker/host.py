@@ -288,10 +288,8 @@ class EngineHost:
             task.cancel()  # aborts the engine request
             out.append((job_id, outcome))
             log.warning("drain timeout: job %s -> %s", job_id, outcome)
-            if outcome == "requeued" and self.resend is not None:
-                rec = await self.store.get(job_id, with_request=False)
-                if rec is not None:
-                    await asyncio.get_running_loop().run_in_executor(None, self.resend, rec)
+            if outcome == "requeued":
+                await resend_job(self.store, job_id, self.resend)
         await self.redis.hdel(keys.WORKERS, self.worker_id)
         return out
 
@@ -395,6 +393,7 @@ async def reap_dead_workers(
     whose HDEL removes a dead worker's heartbeat handles its messages, requeue.lua moves
     each job once, and only its winner re-sends."""
     await _bury_dead_workers(store, settings, restore_unacked)
+    await _resend_stranded(store, settings, resend)
     running = await store.redis.zrange(keys.RUNNING, 0, -1)
     if not running:
         return []
@@ -411,11 +410,34 @@ async def reap_dead_workers(
             continue
         actions.append((job_id, outcome))
         log.warning("reaper: job %s of dead worker %s -> %s", job_id, holder_id, outcome)
-        if outcome == "requeued" and resend is not None:
-            rec = await store.get(job_id, with_request=False)
-            if rec is not None:
-                await asyncio.get_running_loop().run_in_executor(None, resend, rec)
+        if outcome == "requeued":
+            await resend_job(store, job_id, resend)
     return actions
+
+
+async def _resend_stranded(store: JobStore, settings: Settings, resend: ResendFn | None) -> None:
+    """A reaper that died between requeue.lua and its re-send left the job in genq:requeued:
+    re-send it (a duplicate, if the first send did go out, is dropped by claim.lua)."""
+    if resend is None:
+        return
+    for job_id in await store.unsent_requeues(older_than_s=max(2 * settings.heartbeat_s, 1.0)):
+        if await store.status(job_id) == JobStatus.QUEUED:
+            log.warning("reaper: job %s was requeued but never re-sent; re-sending", job_id)
+            await resend_job(store, job_id, resend)
+        else:
+            await store.resent(job_id)  # claimed or finished meanwhile: nothing to send
+
+
+async def resend_job(store: JobStore, job_id: str, resend: ResendFn | None) -> None:
+    """Put a requeued job's message back on its queue, then mark it re-sent."""
+    if resend is None:
+        return
+    rec = await store.get(job_id, with_request=False)
+    if rec is None:
+        await store.resent(job_id)
+        return
+    await asyncio.get_running_loop().run_in_executor(None, resend, rec)
+    await store.resent(job_id)
 
 
 async def _bury_dead_workers(
