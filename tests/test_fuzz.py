@@ -1,7 +1,7 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI schema (schemathesis, on
 hypothesis): for every operation, generated requests, valid and invalid, never get a 500
-(503 only with Retry-After) and never a traceback in the body. Runs against a real API process and Redis; bounded by
-the example count (well under a minute on 2 cores)."""
+(503 only with Retry-After) and never a traceback in the body. Runs against a real API
+process and Redis; bounded by the example count (well under a minute on 2 cores)."""
 
 from __future__ import annotations
 
