@@ -21,10 +21,9 @@ import openai
 import pytest
 import redis as sync_redis
 
-from api.openai_protocol import LOGPROBS_STREAMED
 from common import keys
-from common.jobstore import JobStore, redis_from_url
-from common.models import JobError
+from common.jobstore import JobStore, PendingDelta, redis_from_url
+from common.models import JobError, JobRequest
 from common.states import JobStatus
 from tests.stack import DEFAULT_MODEL, Stack, wait_job
 
@@ -212,6 +211,57 @@ def test_errors_are_sdk_exceptions(engine_stack: Stack) -> None:
     assert missing.value.code == "model_not_found"
 
 
+def test_logprobs(engine_stack: Stack) -> None:
+    """Per-token logprobs travel from the engine through the delta log to both APIs."""
+    client = sdk(engine_stack)
+    resp = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=CHAT,
+        temperature=0,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    text = resp.choices[0].message.content or ""
+    assert resp.choices[0].logprobs is not None and resp.usage is not None
+    content = resp.choices[0].logprobs.content or []
+    assert len(content) == resp.usage.completion_tokens
+    # As in vLLM, the stop token (EOS) has its logprob too, though its text is not shown.
+    assert "".join(t.token for t in content).startswith(text)
+    for t in content:
+        assert len(t.top_logprobs) == 2 and t.logprob <= 0
+        assert t.top_logprobs[0].token == t.token  # greedy: the likeliest token was chosen
+    chunks = list(
+        client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=CHAT,
+            temperature=0,
+            max_tokens=8,
+            logprobs=True,
+            stream=True,
+        )
+    )
+    streamed = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert all(t.top_logprobs == [] for t in streamed)  # top_logprobs not asked for
+    comp = client.completions.create(
+        model=DEFAULT_MODEL,
+        prompt="The capital of France is",
+        max_tokens=5,
+        logprobs=1,
+        temperature=0,
+    )
+    lp = comp.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and lp.text_offset is not None
+    assert "".join(lp.tokens) == comp.choices[0].text and len(lp.token_logprobs or []) == 5
+    assert lp.text_offset == sorted(lp.text_offset)
+
+
 @pytest.mark.parametrize("second_api", ["engine_stack"], indirect=True)
 def test_auth_and_rate_limit_errors(engine_stack: Stack, second_api: Stack) -> None:
     with pytest.raises(openai.AuthenticationError):
@@ -340,11 +390,6 @@ def test_completions_wire_format(sim_stack: Stack) -> None:
         ({"messages": CHAT, "n": 2}, "n"),
         ({"messages": CHAT, "temperature": 3}, "temperature"),
         ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
-        pytest.param(
-            {"messages": CHAT, "logprobs": True},
-            "logprobs",
-            marks=pytest.mark.skipif(LOGPROBS_STREAMED, reason="logprobs are streamed"),
-        ),
         ({"messages": CHAT, "priority": 11}, "priority"),
         ({"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         (
@@ -496,3 +541,32 @@ def test_models_list_with_sdk(sim_stack: Stack) -> None:
     models = sdk(sim_stack).models.list()
     assert [m.id for m in models.data] == [DEFAULT_MODEL]
     assert models.data[0].object == "model" and models.data[0].owned_by == "genq"
+
+
+def test_delta_log_carries_logprobs(redis_server: Any) -> None:
+    """append.lua splices a delta's logprobs JSON into the log entry as is (an empty list
+    stays a list), and leaves deltas without logprobs as they were."""
+
+    async def go() -> list[dict[str, Any]]:
+        r = redis_from_url(redis_server.url)
+        store = JobStore(r)
+        try:
+            job_id, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            assert (await store.claim(job_id, "w")).outcome == "claimed"
+            lp = [{"token": "a", "token_id": 1, "logprob": -0.5, "top_logprobs": []}]
+            seqs = await store.append_deltas(
+                "w",
+                [PendingDelta(job_id, "a", 1, 3, json.dumps(lp)), PendingDelta(job_id, "b", 1, 3)],
+            )
+            assert seqs == [0, 1]
+            return [json.loads(e) for e in await store.read_log(job_id)]
+        finally:
+            await r.aclose()
+
+    first, second = asyncio.run(go())
+    assert first == {
+        "seq": 0,
+        "text": "a",
+        "logprobs": [{"token": "a", "token_id": 1, "logprob": -0.5, "top_logprobs": []}],
+    }
+    assert second == {"seq": 1, "text": "b"}

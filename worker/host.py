@@ -189,8 +189,10 @@ class EngineHost:
                 async for out in self.engine.generate(job_id, request):
                     prompt_tokens = out.prompt_tokens or prompt_tokens
                     completion_tokens += out.new_tokens
-                    if out.text:
-                        self.publisher.add(job_id, out.text, out.new_tokens, prompt_tokens)
+                    if out.text or out.logprobs:
+                        self.publisher.add(
+                            job_id, out.text, out.new_tokens, prompt_tokens, out.logprobs
+                        )
                     if out.finished:
                         finish_reason = out.finish_reason
             await self.publisher.flushed(job_id)
