@@ -64,6 +64,19 @@ def heartbeats(stack: Stack) -> list[dict[str, Any]]:
     return [b for b in beats if b["model"] == DEFAULT_MODEL and time.time() - b["heartbeat_at"] < 3]
 
 
+def abort_logged_at(stack: Stack, job_id: str, within: float = 3.0) -> float:
+    """When (time.time()) a worker logged that it aborted the job's engine request."""
+    needle = f"job {job_id}: engine request aborted"
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for w in stack.workers:
+            for line in w.log.read_text(errors="replace").splitlines():
+                if needle in line:
+                    return float(json.loads(line)["ts"])
+        time.sleep(0.05)
+    raise AssertionError(f"no engine abort logged for {job_id}")
+
+
 def wait_engine_idle(stack: Stack, within: float) -> None:
     """Every worker reports no job in flight and no request left inside its engine."""
     deadline = time.monotonic() + within
@@ -300,9 +313,13 @@ def test_disconnect_mid_stream_cancels(engine_stack: Stack) -> None:
     while not any(b["engine_unfinished"] for b in heartbeats(engine_stack)):
         assert time.monotonic() < deadline, heartbeats(engine_stack)
         time.sleep(0.05)
+    closed_at = time.time()
     stream.close()
     took = wait_status(engine_stack, job_id, "cancelled", within=1.0)
+    aborted_after = abort_logged_at(engine_stack, job_id) - closed_at
+    assert aborted_after < 1.0, f"engine abort {aborted_after:.3f}s after the disconnect"
     wait_engine_idle(engine_stack, within=2.0)
+    print(f"disconnect -> cancelled {took:.3f}s, engine abort {aborted_after:.3f}s")
     with engine_stack.client() as c:
         rec = c.get(f"/v1/jobs/{job_id}").json()
     assert rec["usage"]["completion_tokens"] < 1500, rec
@@ -520,7 +537,9 @@ def test_stream_disconnect_cancels_within_1s(sim_stack: Stack) -> None:
         for i, _ in enumerate(r.iter_lines()):
             if i > 4:
                 break
+        closed_at = time.time()
     took = wait_status(sim_stack, job_id, "cancelled", within=1.0)
+    assert abort_logged_at(sim_stack, job_id) - closed_at < 1.0
     wait_engine_idle(sim_stack, within=2.0)
     assert took < 1.0
 
@@ -534,6 +553,7 @@ def test_waiting_client_disconnect_cancels(sim_stack: Stack) -> None:
         job = c.get("/v1/jobs", params={"limit": 1}).json()[0]
     assert job["metadata"] == {"api": "chat.completions"}
     wait_status(sim_stack, job["id"], "cancelled", within=1.0)
+    abort_logged_at(sim_stack, job["id"])
     wait_engine_idle(sim_stack, within=2.0)
 
 

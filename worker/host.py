@@ -239,6 +239,8 @@ class EngineHost:
             await self.engine.abort(job_id)
         except Exception:  # an engine that is gone has nothing left to abort
             log.debug("abort of %s failed", job_id, exc_info=True)
+            return
+        log.info("job %s: engine request aborted", job_id)
 
     async def _fail(self, job_id: str, code: str, message: str) -> str:
         ok, status = await self._finish(
