@@ -188,7 +188,11 @@ class VllmEngine:
                     prompt_tokens=prompt_tokens,
                     finished=out.finished,
                     finish_reason=c.finish_reason,
-                    logprobs=_logprobs(c, self._tokenizer) if request.params.logprobs else None,
+                    logprobs=(
+                        _logprobs(c, self._tokenizer)
+                        if request.params.logprobs is not None  # 0: the chosen token only
+                        else None
+                    ),
                 )
         except EngineDeadError as exc:
             raise EngineError("engine_error", "the inference engine died") from exc
