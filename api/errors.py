@@ -110,6 +110,17 @@ def install(app: FastAPI) -> None:
         log.warning("Redis unavailable: %s", type(exc).__name__)
         return error_response(BackendUnavailable("the job store (Redis) is unavailable"))
 
+    # Deployments run Redis with maxmemory-policy noeviction (an evicted key is a lost job),
+    # so a full Redis refuses writes; after a failover a stale connection may reach a
+    # read-only replica. Both are temporary: 503 + Retry-After, never a 500.
+    @app.exception_handler(rex.OutOfMemoryError)
+    @app.exception_handler(rex.ReadOnlyError)
+    async def _redis_refuses_writes(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis refused a write: %s", type(exc).__name__)
+        return error_response(
+            BackendUnavailable("the job store (Redis) is full or read-only", retry_after=5)
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
