@@ -25,6 +25,7 @@ from common import keys
 from common.jobstore import JobStore, PendingDelta, redis_from_url
 from common.models import JobError, JobRequest
 from common.states import JobStatus
+from common.taskspec import queue_lists
 from tests.stack import DEFAULT_MODEL, Stack, wait_job
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -471,8 +472,14 @@ def test_queue_full_is_429_no_worker_is_503(sim_stack: Stack, second_api: Stack)
     with second_api.client(headers=admin) as c:
         slow = {"model": "slow-model", "prompt": "x", "params": {"max_tokens": 500}}
         ids = [c.post("/v1/jobs", json=slow).json()["id"]]
-        wait_status(second_api, ids[0], "running", within=10)  # the worker's only slot
+        wait_status(second_api, ids[0], "running", within=30)  # the worker's only slot
         ids.append(c.post("/v1/jobs", json=slow).json()["id"])  # waits in the queue
+        r = sync_redis.Redis.from_url(second_api.redis.url)
+        try:
+            depth = sum(int(r.llen(q)) for q in queue_lists("slow-model"))
+        finally:
+            r.close()
+        assert depth == 1, f"expected one queued message, found {depth}"
         try:
             with pytest.raises(openai.RateLimitError) as exc:
                 sdk(second_api, "admin-key").chat.completions.create(
@@ -559,8 +566,9 @@ def test_waiting_client_disconnect_cancels(sim_stack: Stack) -> None:
 
 def test_models_list_with_sdk(sim_stack: Stack) -> None:
     models = sdk(sim_stack).models.list()
-    assert [m.id for m in models.data] == [DEFAULT_MODEL]
-    assert models.data[0].object == "model" and models.data[0].owned_by == "genq"
+    # Other tests' workers (other models) share this Redis; ours serves the default model.
+    (ours,) = [m for m in models.data if m.id == DEFAULT_MODEL]
+    assert ours.object == "model" and ours.owned_by == "genq" and ours.created > 0
 
 
 def test_delta_log_carries_logprobs(redis_server: Any) -> None:
