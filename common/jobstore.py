@@ -59,6 +59,7 @@ class PendingDelta:
     text: str
     tokens: int
     prompt_tokens: int | None
+    logprobs: str = ""  # JSON array of per-token logprobs (common.models.Delta), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,7 @@ class JobStore:
                     d.text,
                     d.tokens,
                     "" if d.prompt_tokens is None else d.prompt_tokens,
+                    d.logprobs,
                 ],
                 client=pipe,
             )

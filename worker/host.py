@@ -219,8 +219,10 @@ class EngineHost:
                 async for out in self.engine.generate(job_id, request):
                     prompt_tokens = out.prompt_tokens or prompt_tokens
                     completion_tokens += out.new_tokens
-                    if out.text:
-                        self.publisher.add(job_id, out.text, out.new_tokens, prompt_tokens)
+                    if out.text or out.logprobs:
+                        self.publisher.add(
+                            job_id, out.text, out.new_tokens, prompt_tokens, out.logprobs
+                        )
                     if out.finished:
                         finish_reason = out.finish_reason
             await self.publisher.flushed(job_id)
@@ -268,6 +270,8 @@ class EngineHost:
             log.info("job %s: engine request aborted", job_id)
         except Exception:  # an engine that is gone has nothing left to abort
             log.debug("abort of %s failed", job_id, exc_info=True)
+            return
+        log.info("job %s: engine request aborted", job_id)
 
     def hand_back_in_flight(self, timeout: float = 5.0) -> list[tuple[str, str]]:
         """Drain timeout: give up the jobs still running here NOW rather than leave them to

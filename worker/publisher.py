@@ -11,10 +11,12 @@ finishes, so its terminal event always follows its last delta.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.exceptions as rex
 
@@ -28,6 +30,7 @@ class _Pending:
     text: list[str]
     tokens: int
     prompt_tokens: int | None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class DeltaPublisher:
@@ -62,13 +65,22 @@ class DeltaPublisher:
             except asyncio.CancelledError:
                 pass
 
-    def add(self, job_id: str, text: str, tokens: int, prompt_tokens: int | None) -> None:
+    def add(
+        self,
+        job_id: str,
+        text: str,
+        tokens: int,
+        prompt_tokens: int | None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None:
         p = self._pending.get(job_id)
         if p is None:
-            self._pending[job_id] = _Pending([text], tokens, prompt_tokens)
+            self._pending[job_id] = _Pending([text], tokens, prompt_tokens, logprobs)
         else:
             p.text.append(text)
             p.tokens += tokens
+            if logprobs:
+                p.logprobs = (p.logprobs or []) + logprobs
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         self._wake.set()
@@ -88,7 +100,13 @@ class DeltaPublisher:
             if not batch or fut is None:
                 continue
             items = [
-                PendingDelta(jid, "".join(p.text), p.tokens, p.prompt_tokens)
+                PendingDelta(
+                    jid,
+                    "".join(p.text),
+                    p.tokens,
+                    p.prompt_tokens,
+                    json.dumps(p.logprobs) if p.logprobs else "",
+                )
                 for jid, p in batch.items()
             ]
             try:
