@@ -267,7 +267,6 @@ class EngineHost:
     async def _abort(self, job_id: str) -> None:
         try:
             await self.engine.abort(job_id)
-            log.info("job %s: engine request aborted", job_id)
         except Exception:  # an engine that is gone has nothing left to abort
             log.debug("abort of %s failed", job_id, exc_info=True)
             return

@@ -129,10 +129,10 @@ class DeltaPublisher:
 
     async def _write(self, items: list[PendingDelta]) -> list[int]:
         """Write one batch, riding out a Redis outage (restart, failover) of up to
-        `outage_s`: the batch is retried whole (append.lua is per job, so a retry after a
-        lost reply could double a delta only if Redis ran it; a reply lost AFTER the run is
-        the one case, and it needs the connection to drop mid-reply). Deltas added meanwhile
-        wait in `_pending` and go out next, in order."""
+        `outage_s` instead of failing the job: the batch is retried whole, and deltas added
+        meanwhile wait in `_pending` and go out next, in order. (If the connection drops
+        after Redis ran the batch but before the reply, the retry appends it twice; that
+        needs a drop mid-reply, and the replay log's seqs stay gap-free.)"""
         delay = 0.05
         deadline = time.monotonic() + self.outage_s
         while True:
