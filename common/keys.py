@@ -11,6 +11,8 @@
     genq:requeued            zset   jobs requeue.lua put back, until their message is re-sent
     genq:idem:{owner}:{key}  string idempotency key -> job id
     genq:jobs:{owner}        zset   a key owner's job ids by creation time (listing)
+    genq:index:jobs          zset   every job id by creation time, all owners (admin listing;
+                                    entries whose record expired are removed when met)
     genq:rate:{owner}:{sec}  string per-key request counter for rate limiting
 
 Celery's own broker keys are the queue names from `queue_for_model` (plus kombu's
@@ -27,6 +29,7 @@ CANCEL_CHANNEL = f"{PREFIX}:cancel"
 WORKERS = f"{PREFIX}:workers"
 RUNNING = f"{PREFIX}:running"
 REQUEUED = f"{PREFIX}:requeued"
+ALL_JOBS = f"{PREFIX}:index:jobs"
 QUEUE_PREFIX = "genq."
 
 
