@@ -59,6 +59,7 @@ class PendingDelta:
     text: str
     tokens: int
     prompt_tokens: int | None
+    logprobs: str = ""  # JSON array of per-token logprobs (common.models.Delta), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,7 @@ class JobStore:
                     d.text,
                     d.tokens,
                     "" if d.prompt_tokens is None else d.prompt_tokens,
+                    d.logprobs,
                 ],
                 client=pipe,
             )
@@ -303,11 +305,22 @@ class JobStore:
         return ok, status
 
     async def requeue_if_dead(self, job_id: str, dead_worker: str) -> str:
+        """requeue.lua: 'requeued' (the caller must re-send, then call `resent`), 'failed'
+        (`worker_lost`) or 'skip'."""
         res = await self._requeue(
-            keys=job_keys(job_id),
+            keys=[*job_keys(job_id), keys.REQUEUED],
             args=[job_id, dead_worker, repr(time.time()), self.retention_s],
         )
         return _s(res)
+
+    async def resent(self, job_id: str) -> None:
+        """The requeued job's message is back on the queue."""
+        await self.redis.zrem(keys.REQUEUED, job_id)
+
+    async def unsent_requeues(self, older_than_s: float) -> list[str]:
+        """Jobs requeued more than `older_than_s` ago whose re-send was never confirmed."""
+        raw = await self.redis.zrangebyscore(keys.REQUEUED, "-inf", time.time() - older_than_s)
+        return [_s(x) for x in raw]
 
 
 def _s(v: Any) -> str:

@@ -4,11 +4,20 @@ It is never what `make up` or the README runs. It batches like a continuous-batc
 (every running request gets `tokens_per_step` tokens each `step_s`, up to `max_num_seqs`
 requests at once; the rest wait), so tests of kills, cancels and overload, and the relay
 benchmark, run in seconds without model weights. Output text is "tok0 tok1 ...".
+
+TEST-DOUBLE FAULT DIRECTIVES (recognised ONLY by this simulated engine, never by vLLM): a raw
+`prompt` containing one of these makes the engine misbehave on purpose, so fault tests can
+inject a failure from inside a worker:
+    [sim:exit]           the whole worker process dies (os._exit) before any token: a poison job
+    [sim:kill_engine]    the engine dies (as `kill()`): every running job fails, `errored` is set
+    [sim:prefill_ms=N]   wait N ms before the first token (a long prefill: running, no output)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import AsyncIterator
 
 from common.models import JobRequest
@@ -45,6 +54,12 @@ class SimulatedEngine:
     async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
         if self._dead:
             raise EngineError("engine_error", "the inference engine died")
+        directives = _directives(request)
+        if "exit" in directives:  # test double: a poison job that kills its worker
+            os._exit(70)
+        if "kill_engine" in directives:  # test double: the engine dies under its jobs
+            self.kill()
+            raise EngineError("engine_error", "the inference engine died")
         prompt_tokens = _count_prompt(request)
         if prompt_tokens >= self.info.max_model_len:
             raise EngineError(
@@ -63,6 +78,8 @@ class SimulatedEngine:
         try:
             self._running.add(job_id)
             try:
+                if "prefill_ms" in directives:
+                    await asyncio.sleep(float(directives["prefill_ms"]) / 1000)
                 made = 0
                 while made < max_tokens:
                     await asyncio.sleep(self.step_s)
@@ -109,6 +126,7 @@ class SimulatedEngine:
             "waiting": float(self._waiting),
             "kv_cache_usage": 0.0,
             "unfinished": float(len(self._running) + self._waiting),
+            "engine_aborts": float(len(self.aborts)),
         }
 
     async def shutdown(self) -> None:
@@ -121,3 +139,13 @@ def _count_prompt(request: JobRequest) -> int:
     if request.prompt is not None:
         return max(1, len(request.prompt.split()))
     return sum(max(1, len(m.content.split())) + 4 for m in request.messages or [])
+
+
+_DIRECTIVE = re.compile(r"\[sim:(\w+)(?:=([^\]]*))?\]")
+
+
+def _directives(request: JobRequest) -> dict[str, str]:
+    """Test-double fault directives in a raw prompt (see the module docstring)."""
+    if not request.prompt or "[sim:" not in request.prompt:
+        return {}
+    return {m.group(1): m.group(2) or "" for m in _DIRECTIVE.finditer(request.prompt)}

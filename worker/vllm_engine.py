@@ -237,7 +237,11 @@ class VllmEngine:
                     prompt_tokens=prompt_tokens,
                     finished=out.finished,
                     finish_reason=c.finish_reason,
-                    logprobs=_logprobs(c, self._tokenizer) if request.params.logprobs else None,
+                    logprobs=(
+                        _logprobs(c, self._tokenizer)
+                        if request.params.logprobs is not None  # 0: the chosen token only
+                        else None
+                    ),
                 )
         except EngineDeadError as exc:
             raise EngineError("engine_error", "the inference engine died") from exc
@@ -287,11 +291,16 @@ def _logprobs(completion: Any, tokenizer: Any) -> list[dict[str, Any]] | None:
             {
                 "token": chosen.decoded_token if chosen else None,
                 "token_id": tok_id,
-                "logprob": chosen.logprob if chosen else None,
+                "logprob": _finite(chosen.logprob) if chosen else None,
                 "top_logprobs": [
-                    {"token": lp.decoded_token, "token_id": t, "logprob": lp.logprob}
+                    {"token": lp.decoded_token, "token_id": t, "logprob": _finite(lp.logprob)}
                     for t, lp in step.items()
                 ],
             }
         )
     return out
+
+
+def _finite(logprob: float) -> float:
+    # JSON has no -inf/NaN; OpenAI's (and vLLM's) stand-in for "impossible" is -9999.0.
+    return logprob if logprob > -9999.0 else -9999.0

@@ -18,6 +18,7 @@ from common.states import JobStatus
 
 from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
 from ..enqueue import Enqueuer
+from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
 from ..relay import StreamRelay
 from ..sse import NDJSON_MEDIA, SSE_MEDIA, encode
@@ -48,6 +49,8 @@ async def submit_job(
     """Admit, store and enqueue one job. Shared by the native and OpenAI-compatible routes.
     Returns (job id, created_at, created)."""
     model = await directory.resolve(job.model, need_worker=need_worker)
+    workers = (await directory.served()).get(model, [])
+    check_prompt_fits(job, max((w.max_model_len for w in workers), default=None))
     depth = await enqueuer.depth(model)
     if depth >= max_queue_depth:
         raise Overloaded(f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2)
