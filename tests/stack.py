@@ -196,12 +196,6 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.kill()
-            # vLLM's EngineCore and its worker are children of the worker process and outlive
-            # a SIGKILL of it (~2 GB each): end the worker's whole session (process group).
-            try:
-                os.killpg(w.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         if not self.owns_redis and self.workers:
             # A shared Redis outlives this stack: drop its killed workers' heartbeats now,
             # rather than leave them "alive" for worker_ttl_s in other tests' /v1/models.
