@@ -13,6 +13,7 @@ commands:
   api          run the HTTP API (uvicorn)
   worker       run one GPU/CPU worker hosting a vLLM engine
   chat         ask a question through the API and stream the answer
+  bench        serving benchmark (vLLM's metrics), optionally against a bare AsyncLLM
   fetch-model  download and convert the default model (SmolLM2-135M-Instruct)
 
 Run `genq COMMAND --help` for a command's options and examples.
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         from genq.chat import main as chat_main
 
         chat_main(rest)
+    elif cmd == "bench":
+        from genq.bench import main as bench_main
+
+        bench_main(rest)
     elif cmd == "fetch-model":
         from worker.default_model import main as fetch_main
 

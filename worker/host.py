@@ -189,7 +189,9 @@ class EngineHost:
                 async for out in self.engine.generate(job_id, request):
                     prompt_tokens = out.prompt_tokens or prompt_tokens
                     completion_tokens += out.new_tokens
-                    if out.text:
+                    # Without a tokenizer (--skip-tokenizer-init) text is empty: still
+                    # stream the step, so clients see progress and timing per token.
+                    if out.text or out.new_tokens:
                         self.publisher.add(job_id, out.text, out.new_tokens, prompt_tokens)
                     if out.finished:
                         finish_reason = out.finish_reason

@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--sim-step-ms", type=float, default=10.0, help="simulated engine step")
     w.add_argument("--sim-tokens-per-step", type=int, default=1)
+    w.add_argument(
+        "--sim-stamp",
+        action="store_true",
+        help="simulated engine: append each step's emit time to its text (relay benchmark)",
+    )
     w.add_argument("--worker-id", default=None)
     w.add_argument(
         "--health-port",
@@ -134,6 +139,7 @@ def build_engine(args: argparse.Namespace) -> Any:
             tokens_per_step=args.sim_tokens_per_step,
             max_num_seqs=args.max_num_seqs or 256,
             max_model_len=args.max_model_len or 4096,
+            stamp=args.sim_stamp,
         )
     from common.settings import DEFAULT_MODEL_NAME
     from worker.vllm_engine import EngineOptions, VllmEngine

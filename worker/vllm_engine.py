@@ -107,6 +107,11 @@ class VllmEngine:
             self.info.max_num_seqs,
         )
 
+    @property
+    def async_llm(self) -> Any:
+        """The bare AsyncLLM (the benchmark's direct baseline drives it with the same args)."""
+        return self._llm
+
     def _prompt(self, request: JobRequest) -> tuple[dict[str, Any], dict[str, Any] | None]:
         if request.prompt_token_ids is not None:
             return {"prompt_token_ids": list(request.prompt_token_ids)}, None
