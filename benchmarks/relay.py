@@ -41,6 +41,8 @@ QUEUE_ONLY = "bench-queue-only"
 
 
 def rss_mb(pid: int) -> float:
+    if not Path(f"/proc/{pid}/status").exists():
+        return 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -159,9 +161,11 @@ async def phase_relay(
 
     sampler = asyncio.create_task(sample())
     t0 = time.perf_counter()
-    await asyncio.gather(*(follow(j) for j in ids))
+    try:
+        await asyncio.gather(*(follow(j) for j in ids))
+    finally:
+        sampler.cancel()
     dt = time.perf_counter() - t0
-    sampler.cancel()
     records = await wait_jobs(session, base, list(ids))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
     span_s = span[1] - span[0] if events > 1 else dt

@@ -326,4 +326,12 @@ def redis_from_url(url: str, **kw: Any) -> aioredis.Redis:
         "retry_on_timeout": False,
     }
     opts.update(kw)
+    if "max_connections" in opts:
+        # redis-py's default pool raises "Too many connections" the moment it is exhausted
+        # (seen with a few hundred SSE streams opening at once); a blocking pool makes a
+        # burst wait for a free connection instead (up to pool_timeout), never a 500.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, timeout=opts.pop("pool_timeout", 10.0), **opts
+        )
+        return aioredis.Redis(connection_pool=pool)
     return aioredis.Redis.from_url(url, **opts)

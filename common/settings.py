@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     worker_ttl_s: float = Field(10.0, gt=0, description="A worker silent this long is dead")
     sse_queue_size: int = Field(1024, ge=16, description="Events buffered per slow SSE client")
     sse_keepalive_s: float = Field(15.0, gt=0)
+    fast_enqueue: bool = Field(
+        True, description="LPUSH Celery's message directly (false: Celery send_task)"
+    )
     public_url: str = Field("", description="Base URL put in job links; default: request URL")
     log_level: str = "INFO"
 

@@ -480,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="model name (default: --served-model-name)")
     t.add_argument("--baseline", choices=["none", "direct"], default="none")
     t.add_argument("--ready-timeout", type=float, default=900)
+    t.add_argument(
+        "--direct-only",
+        action="store_true",
+        help="run only the direct baseline (when one call cannot hold both engine starts)",
+    )
     ld = p.add_argument_group("load (as in `vllm bench serve`)")
     ld.add_argument("--num-prompts", default="100", help="comma list, one per concurrency")
     ld.add_argument("--max-concurrency", default="", help="comma list; empty = unlimited")
@@ -677,6 +682,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     stack: LaunchedStack | None = None
     try:
         base_url = args.base_url
+        if args.direct_only:
+            direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
+            return {"info": info, "runs": direct_runs, "ratios": []}
         if args.launch:
             t0 = time.perf_counter()
             stack = LaunchedStack(worker_args, args.state_dir, None)

@@ -84,7 +84,10 @@ class EngineHost:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
-        self.redis = redis_from_url(self.settings.redis_url)
+        # Every in-flight job claims, reads and finishes through this client: a pool smaller
+        # than the job concurrency raised "Too many connections" at 256 jobs (seen on a GPU);
+        # a blocking pool makes bursts wait for a connection instead.
+        self.redis = redis_from_url(self.settings.redis_url, max_connections=256)
         self.store = JobStore(
             self.redis,
             retention_s=self.settings.retention_s,

@@ -178,8 +178,17 @@ def build_engine(args: argparse.Namespace) -> Any:
     )
 
 
+# How long a thread may hold the GIL before another that wants it gets it (Python's default:
+# 5 ms). The engine loop thread is busy nearly all the time under load, so Celery's consumer
+# thread waited up to 5 ms at each of its few GIL handoffs per message: on an H200 at 256
+# concurrent jobs, Celery's delivery (queued -> received) reached 290 ms p50 and capped
+# admitted jobs/s (docs/BENCHMARKS.md, "GPU").
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = get_settings()
     setup_logging(settings.log_level)
     from common import keys
