@@ -25,7 +25,7 @@ log = logging.getLogger("genq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def get_directory(request: Request) -> ModelDirectory:
+async def get_directory(request: Request) -> ModelDirectory:
     return request.app.state.directory  # type: ignore[no-any-return]
 
 
