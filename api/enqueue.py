@@ -24,7 +24,6 @@ from common.models import JobRequest
 from common.settings import Settings
 from common.taskspec import TASK_NAME, broker_transport_options, queue_lists
 
-
 DEPTH_TTL_S = 0.1
 
 

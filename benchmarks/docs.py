@@ -38,6 +38,31 @@ def replace_section(name: str, body: str, doc: Path = DOC) -> None:
 
 def write_relay_section(res: dict[str, Any], line: dict[str, Any]) -> None:
     info, r, p, e, s = res["info"], res["relay"], res["publish"], res["enqueue"], res["streams"]
+    rows = [
+        (
+            f"worker publish: tokens/s into Redis, {p['jobs']} jobs streaming, no clients",
+            f"{p['tokens_per_s']:,.0f}",
+        ),
+        (
+            f"API relay: SSE clients, one job each ({r['tokens_per_job']} tokens)",
+            str(r["sse_clients"]),
+        ),
+        ("API relay: delta events/s delivered to them", f"{r['deltas_per_s']:,.0f}"),
+        ("API relay: tokens/s delivered", f"{r['tokens_per_s']:,.0f}"),
+        (
+            "added latency engine emit -> client, p50 / p99",
+            f"{r['p50_added_latency_ms']:.1f} / {r['p99_added_latency_ms']:.1f} ms",
+        ),
+        ("streams ended by an error (slow consumer, ...)", str(r["stream_errors"])),
+        ("API RSS peak during the relay phase", f"{r['api_rss_mb_peak']:.0f} MB"),
+        ("`POST /v1/jobs` accepted per second (64 in flight)", f"{e['jobs_per_s']:,.0f}"),
+        (
+            f"API RSS with {s['streams']} open SSE streams "
+            f"(idle before: {s['api_rss_mb_before']:.0f} MB)",
+            f"{s['api_rss_mb']:.0f} MB",
+        ),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     body = f"""### Relay benchmark (simulated engine): latest `make bench`
 
 Machine: {info["machine"]}; {info["date"]}. Command: `{info["command"]}` (`make bench`).
@@ -45,15 +70,7 @@ The worker runs the simulated engine (a test double: no model), so this is genq'
 
 | measure | value |
 |---|---|
-| worker publish: tokens/s into Redis, {p["jobs"]} jobs streaming, no clients | {p["tokens_per_s"]:,.0f} |
-| API relay: SSE clients, one job each ({r["tokens_per_job"]} tokens) | {r["sse_clients"]} |
-| API relay: delta events/s delivered to them | {r["deltas_per_s"]:,.0f} |
-| API relay: tokens/s delivered | {r["tokens_per_s"]:,.0f} |
-| added latency engine emit -> client, p50 / p99 | {r["p50_added_latency_ms"]:.1f} / {r["p99_added_latency_ms"]:.1f} ms |
-| streams ended by an error (slow consumer, ...) | {r["stream_errors"]} |
-| API RSS peak during the relay phase | {r["api_rss_mb_peak"]:.0f} MB |
-| `POST /v1/jobs` accepted per second (64 in flight) | {e["jobs_per_s"]:,.0f} |
-| API RSS with {s["streams"]} open SSE streams (idle before: {s["api_rss_mb_before"]:.0f} MB) | {s["api_rss_mb"]:.0f} MB |
+{table}
 
 Final line: `{json.dumps(line)}`
 """
@@ -94,8 +111,10 @@ def serve_tables(results: list[dict[str, Any]]) -> str:
             )
         if res["ratios"]:
             out.append("")
-            out.append("| conc | out tok/s genq / direct | TTFT p50 genq - direct | "
-                       "TPOT p50 genq / direct |")
+            out.append(
+                "| conc | out tok/s genq / direct | TTFT p50 genq - direct | "
+                "TPOT p50 genq / direct |"
+            )
             out.append("|---|---|---|---|")
             for x in res["ratios"]:
                 out.append(
@@ -120,7 +139,8 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
         for target, style in (("direct", "o--"), ("genq", "s-")):
             pts = sorted(
                 (r["max_concurrency"], r["output_throughput"])
-                for r in res["runs"] if r["target"] == target and r["max_concurrency"]
+                for r in res["runs"]
+                if r["target"] == target and r["max_concurrency"]
             )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{tag} {target}")
@@ -142,8 +162,14 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
         concs = sorted({r["max_concurrency"] or 0 for r in res["runs"]})
         conc = 64 if 64 in concs else concs[-1]
         for target, style in (("direct", "--"), ("genq", "-")):
-            r = next((r for r in res["runs"] if r["target"] == target
-                      and (r["max_concurrency"] or 0) == conc), None)
+            r = next(
+                (
+                    r
+                    for r in res["runs"]
+                    if r["target"] == target and (r["max_concurrency"] or 0) == conc
+                ),
+                None,
+            )
             if not r or not r["ttfts_ms"]:
                 continue
             xs = sorted(r["ttfts_ms"])

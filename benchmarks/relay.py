@@ -55,9 +55,7 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def submit(
-    session: aiohttp.ClientSession, base: str, model: str, max_tokens: int
-) -> str:
+async def submit(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> str:
     body = {"model": model, "prompt_token_ids": [1, 2, 3], "params": {"max_tokens": max_tokens}}
     async with session.post(f"{base}/v1/jobs", json=body) as r:
         if r.status not in (200, 202):
@@ -120,7 +118,11 @@ async def phase_streams(
 
 
 async def phase_relay(
-    session: aiohttp.ClientSession, base: str, model: str, clients: int, tokens: int,
+    session: aiohttp.ClientSession,
+    base: str,
+    model: str,
+    clients: int,
+    tokens: int,
     api_pid: int,
 ) -> dict:
     """`clients` jobs, each followed by one SSE client; latency from the engine's stamps."""
@@ -195,7 +197,12 @@ async def phase_publish(
     start = min(r["started_at"] for r in records if r.get("started_at"))
     end = max(r["finished_at"] for r in records if r.get("finished_at"))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
-    return {"jobs": jobs, "tokens": toks, "seconds": end - start, "tokens_per_s": toks / (end - start)}
+    return {
+        "jobs": jobs,
+        "tokens": toks,
+        "seconds": end - start,
+        "tokens_per_s": toks / (end - start),
+    }
 
 
 async def count_log_entries(redis_url: str, ids: list[str]) -> int:
@@ -218,9 +225,17 @@ async def count_log_entries(redis_url: str, ids: list[str]) -> int:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     worker_args = [
-        "--engine", "simulated", "--served-model-name", "sim", "--sim-stamp",
-        "--sim-step-ms", str(args.step_ms), "--sim-tokens-per-step", "1",
-        "--max-num-seqs", str(max(args.clients, args.publish_jobs)),
+        "--engine",
+        "simulated",
+        "--served-model-name",
+        "sim",
+        "--sim-stamp",
+        "--sim-step-ms",
+        str(args.step_ms),
+        "--sim-tokens-per-step",
+        "1",
+        "--max-num-seqs",
+        str(max(args.clients, args.publish_jobs)),
     ]
     os.environ["GENQ_MODELS"] = json.dumps([QUEUE_ONLY])
     stack = LaunchedStack(worker_args, Path(args.state_dir), None)
@@ -245,7 +260,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             more = await asyncio.gather(
                 *(submit(s, base, QUEUE_ONLY, 16) for _ in range(max(0, args.streams - len(ids))))
             )
-            streams = await phase_streams(s, base, (ids + list(more))[: args.streams], stack.api.pid)
+            streams = await phase_streams(
+                s, base, (ids + list(more))[: args.streams], stack.api.pid
+            )
             out["streams"] = streams
             print(f"streams: {streams}", file=sys.stderr)
     finally:
@@ -270,8 +287,11 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.relay", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.relay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--clients", type=int, default=500, help="SSE clients in the relay phase")
     p.add_argument("--tokens", type=int, default=200, help="tokens per job")
     p.add_argument("--step-ms", type=float, default=20.0, help="simulated engine step")
@@ -291,8 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     res = asyncio.run(run(args))
     res["info"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "command": "python -m benchmarks.relay " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "command": "python -m benchmarks.relay "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     line = summary(res)
     if args.out:

@@ -94,7 +94,9 @@ def make_requests(
     rng = random.Random(seed)
     out: list[BenchRequest] = []
     for _ in range(n):
-        ilen = max(1, round(rng.uniform(input_len * (1 - range_ratio), input_len * (1 + range_ratio))))
+        ilen = max(
+            1, round(rng.uniform(input_len * (1 - range_ratio), input_len * (1 + range_ratio)))
+        )
         olen = max(
             1, round(rng.uniform(output_len * (1 - range_ratio), output_len * (1 + range_ratio)))
         )
@@ -162,7 +164,9 @@ def jobs_client(
                             last = ts
                         elif event == "done":
                             rec = json.loads(line[6:])
-                            res.output_tokens = int((rec.get("usage") or {}).get("completion_tokens") or 0)
+                            res.output_tokens = int(
+                                (rec.get("usage") or {}).get("completion_tokens") or 0
+                            )
                             res.success = res.ttft > 0.0
                             if not res.success:
                                 res.error = "no delta before done"
@@ -256,6 +260,8 @@ def direct_client(llm: Any, ignore_eos: bool, temperature: float, detokenize: bo
         if req.prompt_token_ids is not None:
             prompt = {"prompt_token_ids": req.prompt_token_ids}
         else:
+            if tokenizer is None:
+                raise ValueError("chat prompts need the engine's tokenizer")
             text = tokenizer.apply_chat_template(
                 req.messages, tokenize=False, add_generation_prompt=True
             )
@@ -363,9 +369,7 @@ def _pct(values: list[float], p: float) -> float:
 def metrics(results: list[RequestResult], duration: float) -> dict[str, Any]:
     ok = [r for r in results if r.success]
     ttfts = [r.ttft for r in ok]
-    tpots = [
-        (r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1
-    ]
+    tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
     itls = [x for r in ok for x in r.itl]
     e2els = [r.latency for r in ok]
     out_tokens = sum(r.output_tokens for r in ok)
@@ -412,7 +416,7 @@ class LaunchedStack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        log = open(self.logs / f"{name}.log", "ab")
         return subprocess.Popen(
             [sys.executable, *args],
             env=self.env,
@@ -421,7 +425,7 @@ class LaunchedStack:
             start_new_session=True,
         )
 
-    async def wait_ready(self, model: str, timeout: float) -> None:
+    async def wait_ready(self, model: str, timeout: float) -> None:  # noqa: ASYNC109
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -535,8 +539,13 @@ async def _side(
 ) -> list[dict[str, Any]]:
     if warm:
         res, _ = await run_load(
-            fn, warm, request_rate=float("inf"), burstiness=1.0,
-            max_concurrency=None, seed=args.seed, label=f"{name} warmup",
+            fn,
+            warm,
+            request_rate=float("inf"),
+            burstiness=1.0,
+            max_concurrency=None,
+            seed=args.seed,
+            label=f"{name} warmup",
         )
         bad = [r.error for r in res if not r.success]
         if bad:
@@ -544,8 +553,13 @@ async def _side(
     runs = []
     for conc, n, reqs in plan:
         results, duration = await run_load(
-            fn, reqs, request_rate=args.request_rate, burstiness=args.burstiness,
-            max_concurrency=conc, seed=args.seed, label=f"{name} c={conc or 'inf'}",
+            fn,
+            reqs,
+            request_rate=args.request_rate,
+            burstiness=args.burstiness,
+            max_concurrency=conc,
+            seed=args.seed,
+            label=f"{name} c={conc or 'inf'}",
         )
         m = metrics(results, duration)
         runs.append(
@@ -562,8 +576,9 @@ async def _side(
     return runs
 
 
-async def _genq_side(args: argparse.Namespace, plan: Any, warm: list[BenchRequest], model: str,
-                     base_url: str) -> list[dict[str, Any]]:
+async def _genq_side(
+    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], model: str, base_url: str
+) -> list[dict[str, Any]]:
     import aiohttp
 
     limit = max([c or n for c, n, _ in plan]) * 2 + 16
@@ -575,9 +590,11 @@ async def _genq_side(args: argparse.Namespace, plan: Any, warm: list[BenchReques
         return await _side("genq", fn, args, plan, warm)
 
 
-async def _direct_side(args: argparse.Namespace, plan: Any, warm: list[BenchRequest],
-                       worker_args: list[str]) -> tuple[list[dict[str, Any]], float]:
-    from worker.main import build_engine, build_parser as worker_parser
+async def _direct_side(
+    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], worker_args: list[str]
+) -> tuple[list[dict[str, Any]], float]:
+    from worker.main import build_engine
+    from worker.main import build_parser as worker_parser
 
     wargs = worker_parser().parse_args(worker_args)
     if wargs.engine != "vllm":
@@ -602,8 +619,10 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         d = by.get(("direct", conc))
         if target != "genq" or d is None:
             continue
+
         def rel(key: str, g: dict[str, Any] = g, d: dict[str, Any] = d) -> float:
             return g[key] / d[key] if d[key] else 0.0
+
         out.append(
             {
                 "max_concurrency": conc,
@@ -645,8 +664,11 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
             f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
         )
     if rat:
-        lines += ["", "| conc | out tok/s genq/direct | TTFT p50 +ms | TPOT p50 genq/direct |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "| conc | out tok/s genq/direct | TTFT p50 +ms | TPOT p50 genq/direct |",
+            "|---|---|---|---|",
+        ]
         for x in rat:
             lines.append(
                 f"| {x['max_concurrency'] or 'inf'} | {x['output_throughput_ratio']:.3f} "
@@ -663,8 +685,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     lo, hi = (int(x) for x in args.vocab_range.split(","))
     pairs = _pairs(args)
     common = dict(
-        input_len=args.random_input_len, output_len=args.random_output_len,
-        range_ratio=args.random_range_ratio, chat=args.prompt_kind == "chat", vocab=(lo, hi),
+        input_len=args.random_input_len,
+        output_len=args.random_output_len,
+        range_ratio=args.random_range_ratio,
+        chat=args.prompt_kind == "chat",
+        vocab=(lo, hi),
     )
     plan = [
         (conc, n, make_requests(n, seed=args.seed + i, **common))  # type: ignore[arg-type]
@@ -672,11 +697,16 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     ]
     warm = make_requests(args.warmup, seed=args.seed + 10_000, **common)  # type: ignore[arg-type]
     info: dict[str, Any] = {
-        "label": args.label, "endpoint": args.endpoint, "model": model,
-        "worker_args": worker_args, "random_input_len": args.random_input_len,
-        "random_output_len": args.random_output_len, "ignore_eos": args.ignore_eos,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": "genq bench " + " ".join(
-            sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:]),
+        "label": args.label,
+        "endpoint": args.endpoint,
+        "model": model,
+        "worker_args": worker_args,
+        "random_input_len": args.random_input_len,
+        "random_output_len": args.random_output_len,
+        "ignore_eos": args.ignore_eos,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "genq bench "
+        + " ".join(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:]),
     }
     runs: list[dict[str, Any]] = []
     stack: LaunchedStack | None = None
@@ -705,16 +735,30 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
 def summary_line(result: dict[str, Any]) -> dict[str, Any]:
     """The one final JSON line: headline numbers only (the raw lists go to --out)."""
-    keys = ("output_throughput", "request_throughput", "p50_ttft_ms", "p99_ttft_ms",
-            "p50_tpot_ms", "p50_itl_ms", "p50_e2el_ms", "completed", "failed")
+    keys = (
+        "output_throughput",
+        "request_throughput",
+        "p50_ttft_ms",
+        "p99_ttft_ms",
+        "p50_tpot_ms",
+        "p50_itl_ms",
+        "p50_e2el_ms",
+        "completed",
+        "failed",
+    )
     return {
         "runs": [
-            {"target": r["target"], "max_concurrency": r["max_concurrency"],
-             **{k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys}}
+            {
+                "target": r["target"],
+                "max_concurrency": r["max_concurrency"],
+                **{k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys},
+            }
             for r in result["runs"]
         ],
-        "ratios": [{k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()}
-                   for x in result["ratios"]],
+        "ratios": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()}
+            for x in result["ratios"]
+        ],
     }
 
 
