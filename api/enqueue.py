@@ -4,9 +4,15 @@ The API only produces; it never imports the worker. By default a job's Celery me
 (protocol v2, exactly as `send_task` + kombu's Redis transport write it: common/celery_wire.py)
 goes out as ONE async LPUSH on the API's Redis connection pool. `send_task` itself costs
 ~1 ms of Python per job in a thread pool (kombu producer, connection pool, GIL contention
-with the event loop) and capped `POST /v1/jobs` well below 1,000 jobs/s on 2 cores; it stays
-available with GENQ_FAST_ENQUEUE=false. Queue depth for admission control is read with one
-pipeline over the model's priority lists.
+with the event loop); it stays available with GENQ_FAST_ENQUEUE=false. Queue depth for
+admission control is read with one pipeline over the model's priority lists, at most every
+DEPTH_TTL_S (see `depth`).
+
+What Flower (and anyone reading the broker) sees of a job is only `task_message_fields`:
+the Celery task id IS the job id (one id in Flower, Celery's logs and genq's), the task is
+shown as `genq.generate:<model>` (Celery's `shadow` name; the registered task stays
+`genq.generate`), and the kwargs are `JobRequest.summary()` plus the model: sizes and
+params, never the prompt or messages.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from celery import Celery
@@ -22,14 +29,35 @@ from common import keys
 from common.celery_wire import task_message
 from common.models import JobRequest
 from common.settings import Settings
-from common.taskspec import TASK_NAME, broker_transport_options, queue_lists
+from common.taskspec import TASK_NAME, broker_transport_options, queue_lists, shadow_name
+
+if TYPE_CHECKING:
+    from .metrics import ApiMetrics
+
+
+def task_message_fields(job_id: str, model: str, request: JobRequest) -> dict[str, Any]:
+    """The send_task arguments that describe a job: nothing here may hold prompt text."""
+    kwargs = {"model": model, **request.summary()}
+    return {
+        "task_id": job_id,
+        "args": [job_id],
+        "kwargs": kwargs,
+        "shadow": shadow_name(model),
+        # What Flower displays; set explicitly so it is exactly these and nothing more.
+        "argsrepr": repr([job_id]),
+        "kwargsrepr": repr(kwargs),
+    }
+
 
 DEPTH_TTL_S = 0.1
 
 
 class Enqueuer:
-    def __init__(self, settings: Settings, redis: aioredis.Redis):
+    def __init__(
+        self, settings: Settings, redis: aioredis.Redis, metrics: ApiMetrics | None = None
+    ):
         self.redis = redis
+        self.metrics = metrics
         self.fast = settings.fast_enqueue
         self._depth: dict[str, tuple[float, int]] = {}  # model -> (read at, depth)
         self._sent: dict[str, int] = {}  # model -> jobs sent since that read
@@ -48,8 +76,7 @@ class Enqueuer:
     def _send(self, job_id: str, model: str, request: JobRequest) -> None:
         self.celery.send_task(
             TASK_NAME,
-            args=[job_id],
-            kwargs=request.summary(),
+            **task_message_fields(job_id, model, request),
             queue=keys.queue_for_model(model),
             priority=request.priority,
             retry=True,
@@ -59,17 +86,24 @@ class Enqueuer:
     async def send(self, job_id: str, model: str, request: JobRequest) -> None:
         self._sent[model] = self._sent.get(model, 0) + 1
         if self.fast:
+            f = task_message_fields(job_id, model, request)
             key, payload = task_message(
                 TASK_NAME,
-                [job_id],
-                request.summary(),
+                f["args"],
+                f["kwargs"],
                 queue=keys.queue_for_model(model),
                 priority=request.priority,
+                task_id=f["task_id"],
+                shadow=f["shadow"],
+                argsrepr=f["argsrepr"],
+                kwargsrepr=f["kwargsrepr"],
             )
             await self.redis.lpush(key, payload)
-            return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._send, job_id, model, request)
+        else:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._pool, self._send, job_id, model, request)
+        if self.metrics is not None:
+            self.metrics.job_submitted(model)
 
     async def depth(self, model: str) -> int:
         """Jobs waiting for `model`. Read from Redis at most every DEPTH_TTL_S per model (the

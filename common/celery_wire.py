@@ -31,10 +31,20 @@ def priority_list(queue: str, priority: int) -> str:
 
 
 def task_message(
-    task: str, args: list[Any], kwargs: dict[str, Any], *, queue: str, priority: int
+    task: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    queue: str,
+    priority: int,
+    task_id: str | None = None,
+    shadow: str | None = None,
+    argsrepr: str | None = None,
+    kwargsrepr: str | None = None,
 ) -> tuple[str, str]:
-    """(Redis list, payload) for one task message, ready for LPUSH."""
-    task_id = str(uuid.uuid4())
+    """(Redis list, payload) for one task message, ready for LPUSH. The optional fields are
+    `send_task`'s options of the same names."""
+    task_id = task_id or str(uuid.uuid4())
     body = json.dumps([args, kwargs, _EMBED]).encode()
     envelope = {
         "body": base64.b64encode(body).decode(),
@@ -44,7 +54,7 @@ def task_message(
             "lang": "py",
             "task": task,
             "id": task_id,
-            "shadow": None,
+            "shadow": shadow,
             "eta": None,
             "expires": None,
             "group": None,
@@ -53,8 +63,8 @@ def task_message(
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": repr(args),
-            "kwargsrepr": repr(kwargs),
+            "argsrepr": repr(args) if argsrepr is None else argsrepr,
+            "kwargsrepr": repr(kwargs) if kwargsrepr is None else kwargsrepr,
             "origin": _ORIGIN,
             "ignore_result": None,
             "replaced_task_nesting": 0,
@@ -71,4 +81,10 @@ def task_message(
             "delivery_tag": str(uuid.uuid4()),
         },
     }
+    # send_task also copies these two options, when given, into the message properties.
+    props: dict[str, Any] = envelope["properties"]  # type: ignore[assignment]
+    if argsrepr is not None:
+        props["argsrepr"] = argsrepr
+    if kwargsrepr is not None:
+        props["kwargsrepr"] = kwargsrepr
     return priority_list(queue, priority), json.dumps(envelope)

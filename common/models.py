@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -71,7 +71,9 @@ class JobRequest(BaseModel):
     model: str | None = Field(None, max_length=256)
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=1024)
     prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS)
-    prompt_token_ids: list[int] | None = Field(None, min_length=1, max_length=1_000_000)
+    prompt_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, min_length=1, max_length=1_000_000
+    )
     params: SamplingParams = Field(default_factory=lambda: SamplingParams())
     priority: int = Field(5, ge=0, le=9, description="0 is most urgent, 9 least (Celery/vLLM)")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
@@ -88,8 +90,6 @@ class JobRequest(BaseModel):
                 "exactly one of messages, prompt, prompt_token_ids is required"
                 + (f" (got {', '.join(given)})" if given else "")
             )
-        if self.prompt_token_ids is not None and any(t < 0 for t in self.prompt_token_ids):
-            raise ValueError("prompt_token_ids must be non-negative")
         return self
 
     @property
@@ -174,6 +174,7 @@ class WorkerInfo(BaseModel):
     max_model_len: int
     max_num_seqs: int
     in_flight: int = 0
+    engine_unfinished: int = Field(0, description="requests the engine itself still holds")
     ready: bool = True
     started_at: float
     heartbeat_at: float

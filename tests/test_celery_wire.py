@@ -11,6 +11,7 @@ import pytest
 import redis as redis_sync
 from celery import Celery
 
+from api.enqueue import task_message_fields
 from common.celery_wire import priority_list, task_message
 from common.models import JobRequest
 from common.taskspec import TASK_NAME, broker_transport_options, queue_lists
@@ -18,13 +19,13 @@ from genq.redis_server import LocalRedis
 from tests.stack import Stack, submit, wait_job
 
 # Fields that differ per message or per producer process by design.
-_PER_MESSAGE = {"id", "root_id", "origin"}
+_PER_MESSAGE = {"origin"}  # the producer process
 
 
-def _celery_message(url: str, args: list, kwargs: dict, queue: str, priority: int) -> tuple:
+def _celery_message(url: str, fields: dict, queue: str, priority: int) -> tuple:
     app = Celery("wire-test", broker=url, set_as_current=False)
     app.conf.update(broker_transport_options=broker_transport_options(60))
-    app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue=queue, priority=priority)
+    app.send_task(TASK_NAME, **fields, queue=queue, priority=priority)
     r = redis_sync.Redis.from_url(url)
     for key in queue_lists("m"):
         raw = r.lrange(key, 0, -1)
@@ -37,9 +38,19 @@ def _celery_message(url: str, args: list, kwargs: dict, queue: str, priority: in
 @pytest.mark.parametrize("priority", [0, 3, 9])
 def test_fast_message_matches_send_task(redis_server: LocalRedis, priority: int) -> None:
     req = JobRequest(prompt_token_ids=[1, 2, 3], priority=priority, params={"max_tokens": 7})
-    args, kwargs = ["job-1"], req.summary()
-    want_key, want = _celery_message(redis_server.url, args, kwargs, "genq.m", priority)
-    key, payload = task_message(TASK_NAME, args, kwargs, queue="genq.m", priority=priority)
+    f = task_message_fields("job-1", "m", req)  # what the API sends either way
+    want_key, want = _celery_message(redis_server.url, f, "genq.m", priority)
+    key, payload = task_message(
+        TASK_NAME,
+        f["args"],
+        f["kwargs"],
+        queue="genq.m",
+        priority=priority,
+        task_id=f["task_id"],
+        shadow=f["shadow"],
+        argsrepr=f["argsrepr"],
+        kwargsrepr=f["kwargsrepr"],
+    )
     got = json.loads(payload)
     assert key == want_key == priority_list("genq.m", priority)
     assert base64.b64decode(got["body"]) == base64.b64decode(want["body"])
@@ -50,7 +61,7 @@ def test_fast_message_matches_send_task(redis_server: LocalRedis, priority: int)
     for k in set(want["headers"]) | set(got["headers"]):
         if k not in _PER_MESSAGE:
             assert got["headers"][k] == want["headers"][k], k
-    assert got["headers"]["root_id"] == got["headers"]["id"]
+    assert got["headers"]["root_id"] == got["headers"]["id"] == "job-1"
     wp, gp = dict(want["properties"]), dict(got["properties"])
     assert gp["correlation_id"] == got["headers"]["id"]
     for p in (wp, gp):

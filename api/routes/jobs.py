@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
 from common.jobstore import JobStore, body_hash
+from common.logs import bind_job
 from common.models import JobAccepted, JobRecord, JobRequest, JobUrls
 from common.states import JobStatus
 
 from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
 from ..enqueue import Enqueuer
+from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
 from ..relay import StreamRelay
 from ..sse import NDJSON_MEDIA, SSE_MEDIA, encode
@@ -47,6 +49,8 @@ async def submit_job(
     """Admit, store and enqueue one job. Shared by the native and OpenAI-compatible routes.
     Returns (job id, created_at, created)."""
     model = await directory.resolve(job.model, need_worker=need_worker)
+    workers = (await directory.served()).get(model, [])
+    check_prompt_fits(job, max((w.max_model_len for w in workers), default=None))
     depth = await enqueuer.depth(model)
     if depth >= max_queue_depth:
         raise Overloaded(f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2)
@@ -57,6 +61,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_digest=body_hash(raw_body),
     )
+    bind_job(job_id)  # this request's later log lines carry the job id
     if created:
         try:
             await enqueuer.send(job_id, model, job)
@@ -116,6 +121,7 @@ async def create_job(
 
 
 async def load_job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
+    bind_job(job_id)
     rec = await store.get(job_id)
     if rec is None:
         raise NotFound(f"job '{job_id}' not found (unknown or past its retention)")
