@@ -55,7 +55,18 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# Submissions in flight at once. 500 POSTs at once stalled the API's loop past its Redis
+# socket timeout (5 s) on this 2-core machine and came back as 503s: a client-made stall,
+# not what the phases measure.
+_SUBMITS = asyncio.Semaphore(64)
+
+
 async def submit(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> str:
+    async with _SUBMITS:
+        return await _submit(session, base, model, max_tokens)
+
+
+async def _submit(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> str:
     body = {"model": model, "prompt_token_ids": [1, 2, 3], "params": {"max_tokens": max_tokens}}
     async with session.post(f"{base}/v1/jobs", json=body) as r:
         if r.status not in (200, 202):
