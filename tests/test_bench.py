@@ -9,7 +9,14 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from genq.bench import RequestResult, jobs_client, make_requests, metrics, run_load
+from genq.bench import (
+    RequestResult,
+    jobs_client,
+    make_requests,
+    metrics,
+    openai_chat_client,
+    run_load,
+)
 from tests.stack import Stack
 
 
@@ -79,3 +86,26 @@ def test_admission_limit_holds_with_cached_depth(tmp_path: Path) -> None:
         assert codes == [202, 202, 202, 429, 429]
     finally:
         s.stop()
+
+
+def test_openai_chat_client_measures_a_live_stack(sim_stack: Stack) -> None:
+    reqs = make_requests(
+        4, input_len=8, output_len=6, range_ratio=0.0, chat=True, vocab=(1, 50), seed=0
+    )
+
+    async def go() -> tuple[list[RequestResult], float]:
+        async with aiohttp.ClientSession() as s:
+            fn = openai_chat_client(s, sim_stack.url, "SmolLM2-135M-Instruct", True, 0.0)
+            return await run_load(
+                fn,
+                reqs,
+                request_rate=float("inf"),
+                burstiness=1.0,
+                max_concurrency=2,
+                seed=0,
+                label="test",
+            )
+
+    results, _ = asyncio.run(go())
+    assert all(r.success for r in results), [r.error for r in results]
+    assert all(r.output_tokens == 6 and 0 < r.ttft < r.latency for r in results)
