@@ -24,7 +24,7 @@ from common.errors import Conflict
 from common.models import JobError, JobRecord, JobRequest, Usage
 from common.states import JobStatus
 
-_FIELDS_JSON = ("usage", "error", "metadata", "request")
+_FIELDS_JSON = ("usage", "error", "metadata", "request", "webhook_deliveries")
 
 
 def _load(name: str) -> str:
@@ -90,6 +90,7 @@ class JobStore:
         idempotency_key: str | None = None,
         body_digest: str = "",
         job_id: str | None = None,
+        base_model: str | None = None,
     ) -> tuple[str, float, bool]:
         """Store a queued job. Returns (id, created_at, created). created is False when the
         Idempotency-Key names an existing job with the same body; another body -> Conflict."""
@@ -111,6 +112,12 @@ class JobStore:
             fields["expires_at"] = repr(now + request.queue_ttl_s)
         if request.timeout_s:
             fields["timeout_s"] = repr(request.timeout_s)
+        if request.retention_s:
+            fields["retention_s"] = request.retention_s  # read by finish() in _prelude.lua
+        if request.webhook:
+            fields["webhook"] = request.webhook.model_dump_json()
+        if base_model:
+            fields["base_model"] = base_model
         argv: list[Any] = [
             job_id,
             body_digest,
@@ -300,6 +307,7 @@ def record_from_hash(
         id=raw["id"],
         status=JobStatus(raw["status"]),
         model=raw.get("model", ""),
+        base_model=raw.get("base_model") or None,
         created_at=float(raw["created_at"]),
         started_at=_f(raw, "started_at"),
         first_token_at=_f(raw, "first_token_at"),
@@ -312,6 +320,7 @@ def record_from_hash(
         error=JobError(**decoded["error"]) if "error" in decoded else None,
         priority=int(raw.get("priority") or 5),
         metadata=decoded.get("metadata"),
+        webhook_deliveries=decoded.get("webhook_deliveries"),
         request=JobRequest(**decoded["request"]) if with_request and "request" in decoded else None,
     )
 

@@ -70,7 +70,8 @@ def resend_task(app: Celery) -> Any:
         app.send_task(
             TASK_NAME,
             args=[record.id],
-            queue=keys.queue_for_model(record.model),
+            # A LoRA job's record names the adapter; its queue is the base model's.
+            queue=keys.queue_for_model(record.base_model or record.model),
             priority=record.priority,
         )
 

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="LoRA adapters served under their own model names",
     )
+    e.add_argument(
+        "--scheduling-policy",
+        choices=["priority", "fcfs"],
+        default="priority",
+        help="engine admission order: 'priority' runs lower job priority values first "
+        "(FCFS among equals); 'fcfs' ignores priority",
+    )
     w = p.add_argument_group("worker")
     w.add_argument(
         "--concurrency",
@@ -134,6 +141,7 @@ def build_engine(args: argparse.Namespace) -> Any:
             tokens_per_step=args.sim_tokens_per_step,
             max_num_seqs=args.max_num_seqs or 256,
             max_model_len=args.max_model_len or 4096,
+            lora_adapters=[m.split("=", 1)[0] for m in args.lora_modules],
         )
     from common.settings import DEFAULT_MODEL_NAME
     from worker.vllm_engine import EngineOptions, VllmEngine
@@ -168,6 +176,7 @@ def build_engine(args: argparse.Namespace) -> Any:
             enable_lora=args.enable_lora or bool(loras),
             max_lora_rank=args.max_lora_rank,
             lora_modules=loras,
+            scheduling_policy=args.scheduling_policy,
         )
     )
 

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
-from common.jobstore import JobStore, body_hash
+from common.jobstore import JobStore, body_hash, new_job_id
 from common.models import JobAccepted, JobRecord, JobRequest, JobUrls
 from common.states import JobStatus
 
+from .. import webhooks
 from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
 from ..enqueue import Enqueuer
 from ..models_directory import ModelDirectory
@@ -46,20 +47,35 @@ async def submit_job(
 ) -> tuple[str, float, bool]:
     """Admit, store and enqueue one job. Shared by the native and OpenAI-compatible routes.
     Returns (job id, created_at, created)."""
+    if caller.default_priority is not None and "priority" not in job.model_fields_set:
+        job.priority = caller.default_priority
     model = await directory.resolve(job.model, need_worker=need_worker)
-    depth = await enqueuer.depth(model)
+    # A LoRA adapter runs on its base model's pool: queue by the base, keep the adapter name
+    # on the record and in the request (the worker picks the adapter from request.model).
+    base_model = await directory.base_model(model)
+    if base_model is not None:
+        job.model = model
+    queue_model = base_model or model
+    depth = await enqueuer.depth(queue_model)
     if depth >= max_queue_depth:
-        raise Overloaded(f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2)
+        raise Overloaded(
+            f"queue for model '{queue_model}' is full ({depth} jobs waiting)", retry_after=2
+        )
+    job_id = new_job_id()
+    if job.webhook is not None:
+        await webhooks.watch(store.redis, job_id)
     job_id, created_at, created = await store.create(
         job,
+        job_id=job_id,
         model=model,
         owner=caller.owner,
         idempotency_key=idempotency_key,
         body_digest=body_hash(raw_body),
+        base_model=base_model,
     )
     if created:
         try:
-            await enqueuer.send(job_id, model, job)
+            await enqueuer.send(job_id, queue_model, job)
         except Exception as exc:
             log.warning("enqueue of %s failed: %s", job_id, type(exc).__name__)
             try:

@@ -12,7 +12,9 @@ local function is_terminal(s)
 end
 
 -- Move the job to a terminal status, start its retention clock, tell listeners.
+-- A job may carry its own `retention_s` field (JobRequest.retention_s); it wins over ARGV's.
 local function finish(id, status, now, retention, fields)
+  retention = redis.call('HGET', KEYS[1], 'retention_s') or retention
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
   if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
   redis.call('EXPIRE', KEYS[1], retention)
