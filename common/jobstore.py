@@ -173,17 +173,42 @@ class JobStore:
         return [r if isinstance(r, bytes) else r.encode() for r in raw]
 
     async def list_jobs(
-        self, owner: str, *, limit: int = 50, status: str | None = None
+        self,
+        owner: str,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        metadata: dict[str, str] | None = None,
+        scan_limit: int = 20_000,
     ) -> list[JobRecord]:
-        ids = await self.redis.zrevrange(keys.owner_jobs(owner), 0, max(limit * 4, 200) - 1)
+        """The owner's jobs, newest first, filtered by status and metadata (every given
+        key must match). Scans the owner's index page by page, reading only status and
+        metadata until a job matches, and at most `scan_limit` of the newest ids."""
         out: list[JobRecord] = []
-        for raw_id in ids:
-            rec = await self.get(_s(raw_id), with_request=False)
-            if rec is None or (status and rec.status.value != status):
-                continue
-            out.append(rec)
-            if len(out) >= limit:
+        page = max(limit * 4, 200)
+        for start in range(0, scan_limit, page):
+            ids = [
+                _s(x)
+                for x in await self.redis.zrevrange(keys.owner_jobs(owner), start, start + page - 1)
+            ]
+            if not ids:
                 break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), "status", "metadata")
+            for job_id, (st, meta) in zip(ids, await pipe.execute(), strict=True):
+                if st is None or (status and _s(st) != status):
+                    continue
+                if metadata:
+                    have = json.loads(meta) if meta else {}
+                    if any(have.get(k) != v for k, v in metadata.items()):
+                        continue
+                rec = await self.get(job_id, with_request=False)
+                if rec is None:
+                    continue
+                out.append(rec)
+                if len(out) >= limit:
+                    return out
         return out
 
     # -- worker side ------------------------------------------------------------------------

@@ -160,13 +160,25 @@ async def wait_terminal(relay: StreamRelay, job_id: str, wait_s: float) -> None:
 
 @router.get("", response_model=list[JobRecord])
 async def list_jobs(
+    request: Request,
     caller: CallerDep,
     store: StoreDep,
     status: Annotated[JobStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobRecord]:
-    """The caller's own jobs, newest first."""
-    return await store.list_jobs(caller.owner, limit=limit, status=status.value if status else None)
+    """The caller's own jobs, newest first. `?metadata.<key>=<value>` (repeatable, all must
+    match) filters by the metadata given at submission, e.g. `?metadata.batch_id=batch_x`."""
+    metadata = {
+        k.removeprefix("metadata."): v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata.") and len(k) > len("metadata.")
+    }
+    return await store.list_jobs(
+        caller.owner,
+        limit=limit,
+        status=status.value if status else None,
+        metadata=metadata or None,
+    )
 
 
 @router.get("/{job_id}", response_model=JobRecord, response_model_exclude_none=False)
