@@ -30,8 +30,9 @@ def _lines(n: int, endpoint: str = "/v1/chat/completions", max_tokens: int = 3) 
             }
         else:
             body = {"prompt": f"prompt {i}", "max_tokens": max_tokens}
-        out.append(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": endpoint,
-                               "body": body}))
+        out.append(
+            json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": endpoint, "body": body})
+        )
     return ("\n".join(out) + "\n").encode()
 
 
@@ -95,16 +96,24 @@ def test_completions_batch_and_a_failing_line(sim_stack: Stack) -> None:
     client = _client(sim_stack)
     lines = _lines(3, "/v1/completions").splitlines()
     # A prompt over the (simulated) model's context fails that one request, not the batch.
-    too_long = {"custom_id": "long", "method": "POST", "url": "/v1/completions",
-                "body": {"prompt": "w " * 5000, "max_tokens": 2}}
+    too_long = {
+        "custom_id": "long",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"prompt": "w " * 5000, "max_tokens": 2},
+    }
     content = b"\n".join([*lines, json.dumps(too_long).encode()])
     f = client.files.create(file=("c.jsonl", io.BytesIO(content)), purpose="batch")
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/completions",
-                              completion_window="24h")
+    b = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/completions", completion_window="24h"
+    )
     b = _wait_final(client, b.id, 60)
     assert b.status == "completed"
     assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (
-        4, 3, 1)
+        4,
+        3,
+        1,
+    )
     ok = _output(client, b.output_file_id)
     assert {x["response"]["body"]["object"] for x in ok} == {"text_completion"}
     errors = _output(client, b.error_file_id)
@@ -120,10 +129,12 @@ def test_invalid_input_fails_the_batch_and_runs_nothing(sim_stack: Stack) -> Non
         b"not json",
         good[0],  # duplicate custom_id
     ]
-    f = client.files.create(file=("bad.jsonl", io.BytesIO(b"\n".join([*good, *bad]))),
-                            purpose="batch")
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                              completion_window="24h")
+    f = client.files.create(
+        file=("bad.jsonl", io.BytesIO(b"\n".join([*good, *bad]))), purpose="batch"
+    )
+    b = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     assert b.status == "failed" and b.errors is not None
     found = [(e.line, e.code) for e in b.errors.data or []]
     assert found == [(3, "invalid_request"), (4, "invalid_request"), (5, "duplicate_custom_id")]
@@ -131,8 +142,9 @@ def test_invalid_input_fails_the_batch_and_runs_nothing(sim_stack: Stack) -> Non
         assert c.get("/v1/jobs", params={"metadata.batch_id": b.id}).json() == []
         r = c.post("/v1/batches", json={"input_file_id": f.id, "endpoint": "/v1/embeddings"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "endpoint"
-        r = c.post("/v1/batches", json={"input_file_id": "file-nope",
-                                        "endpoint": "/v1/completions"})
+        r = c.post(
+            "/v1/batches", json={"input_file_id": "file-nope", "endpoint": "/v1/completions"}
+        )
         assert r.status_code == 404
         r = c.post("/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "x"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
@@ -144,10 +156,12 @@ def test_cancel_stops_the_batch(tmp_path: Path) -> None:
         s.start_api()
         s.start_worker("--concurrency", "2", "--sim-step-ms", "20")
         client = _client(s)
-        f = client.files.create(file=("in.jsonl", io.BytesIO(_lines(200, max_tokens=10))),
-                                purpose="batch")
-        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+        f = client.files.create(
+            file=("in.jsonl", io.BytesIO(_lines(200, max_tokens=10))), purpose="batch"
+        )
+        b = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         deadline = time.monotonic() + 30
         while client.batches.retrieve(b.id).request_counts.completed < 2:
             assert time.monotonic() < deadline
@@ -179,11 +193,13 @@ def test_ten_thousand_lines_survive_an_api_restart(tmp_path: Path) -> None:
         s.start_api()
         s.start_worker("--concurrency", "64", "--sim-step-ms", "1")
         client = _client(s)
-        f = client.files.create(file=("big.jsonl", io.BytesIO(_lines(n, max_tokens=2))),
-                                purpose="batch")
+        f = client.files.create(
+            file=("big.jsonl", io.BytesIO(_lines(n, max_tokens=2))), purpose="batch"
+        )
         t0 = time.monotonic()
-        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+        b = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         deadline = time.monotonic() + 120
         while int(r.hget(keys.batch(b.id), "cursor") or 0) < 1000:
             assert time.monotonic() < deadline, "fan-out did not start"
@@ -200,11 +216,14 @@ def test_ten_thousand_lines_survive_an_api_restart(tmp_path: Path) -> None:
         out = _output(client, b.output_file_id)
         ids = [x["custom_id"] for x in out]
         assert len(ids) == n and set(ids) == {f"req-{i}" for i in range(n)}
-        print(f"\n10k batch: {elapsed:.1f}s ({n / elapsed:.0f} req/s), "
-              f"API killed at cursor {cursor_at_kill}")
+        print(
+            f"\n10k batch: {elapsed:.1f}s ({n / elapsed:.0f} req/s), "
+            f"API killed at cursor {cursor_at_kill}"
+        )
         # Nothing of the batch's working state is left behind.
-        assert not r.exists(keys.batch_pending(b.id), keys.batch_output(b.id),
-                            keys.batch_done(b.id))
+        assert not r.exists(
+            keys.batch_pending(b.id), keys.batch_output(b.id), keys.batch_done(b.id)
+        )
         assert r.zscore(keys.BATCHES_ACTIVE, b.id) is None
     finally:
         r.close()
@@ -213,18 +232,34 @@ def test_ten_thousand_lines_survive_an_api_restart(tmp_path: Path) -> None:
 
 def test_small_batch_on_the_real_engine(engine_stack: Stack) -> None:
     client = _client(engine_stack)
-    qs = ["What is the capital of France?", "Name a primary colour.", "Say hello.",
-          "What is 2 + 2?"]
+    qs = [
+        "What is the capital of France?",
+        "Name a primary colour.",
+        "Say hello.",
+        "What is 2 + 2?",
+    ]
     lines = [
-        json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "SmolLM2-135M-Instruct", "temperature": 0,
-                             "max_tokens": 16, "messages": [{"role": "user", "content": q}]}})
+        json.dumps(
+            {
+                "custom_id": f"q{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "SmolLM2-135M-Instruct",
+                    "temperature": 0,
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": q}],
+                },
+            }
+        )
         for i, q in enumerate(qs)
     ]
-    f = client.files.create(file=("real.jsonl", io.BytesIO("\n".join(lines).encode())),
-                            purpose="batch")
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                              completion_window="24h")
+    f = client.files.create(
+        file=("real.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch"
+    )
+    b = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     b = _wait_final(client, b.id, 300)
     assert b.status == "completed" and b.request_counts.completed == len(qs)
     out = {x["custom_id"]: x["response"]["body"] for x in _output(client, b.output_file_id)}
@@ -239,6 +274,12 @@ def test_bad_completion_window(sim_stack: Stack, window: str) -> None:
     client = _client(sim_stack)
     f = client.files.create(file=("w.jsonl", io.BytesIO(_lines(1))), purpose="batch")
     with sim_stack.client() as c:
-        r = c.post("/v1/batches", json={"input_file_id": f.id, "endpoint": "/v1/chat/completions",
-                                        "completion_window": window})
+        r = c.post(
+            "/v1/batches",
+            json={
+                "input_file_id": f.id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": window,
+            },
+        )
     assert r.status_code == 400 and r.json()["error"]["param"] == "completion_window"
