@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+LORA_NAME = "smol-lora"  # the adapter the shared real-engine worker serves (conftest.py)
+
 
 def write_random_lora(
     out: Path,
