@@ -19,7 +19,7 @@ from .files import FileStore
 from .limits import BodySizeLimit
 from .models_directory import ModelDirectory
 from .relay import StreamRelay
-from .routes import batches, jobs, system
+from .routes import batches, jobs, openai, system
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("genq.api")
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(system.router)
     app.include_router(jobs.router)
+    app.include_router(openai.router)
     app.include_router(batches.router)
     app.add_middleware(
         BodySizeLimit,

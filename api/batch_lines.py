@@ -6,9 +6,8 @@ Output file line:  {"id", "custom_id", "response": {"status_code": 200, "request
                     "body": <chat.completion | text_completion>}, "error": null}
 Error file line:   {"id", "custom_id", "response": null, "error": {"code", "message"}}
 
-The body mapping is a deliberately small copy of what the OpenAI-compatible routes accept
-(messages/prompt, the sampling fields, response_format); once `api/openai_protocol.py`
-(issue 3) is on main, `job_request_from_body` should delegate to its `to_job()`.
+Bodies are read by the OpenAI-compatible routes' own protocol (api/openai_protocol.py), and
+responses rendered by their faces, so a batch line behaves like the same synchronous call.
 """
 
 from __future__ import annotations
@@ -19,25 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from common.models import ChatMessage, JobRecord, JobRequest, SamplingParams, StructuredOutput
+from common.errors import InvalidRequest
+from common.models import JobRecord, JobRequest
+
+from .openai_protocol import ChatCompletionRequest, CompletionRequest
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 BATCH_PRIORITY = 9  # batch work yields to interactive jobs (0 is most urgent)
-
-# OpenAI name -> genq SamplingParams name, for fields that map one to one.
-_SAME = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "ignore_eos",
-    "min_tokens",
-    "stop_token_ids",
-)
 
 
 class LineError(ValueError):
@@ -110,83 +97,22 @@ def parse_line(raw: bytes, index: int, endpoint: str) -> BatchLine:
 
 
 def job_request_from_body(endpoint: str, body: dict[str, Any]) -> JobRequest:
+    """The same mapping as the OpenAI-compatible routes (api/openai_protocol.py), so a line
+    is accepted exactly when the synchronous request would be; batch lines run at priority 9."""
     if body.get("stream"):
         raise LineError("stream is not allowed in a batch", "body.stream")
-    if body.get("n", 1) not in (None, 1):
-        raise LineError("only n=1 is supported", "body.n")
-    params: dict[str, Any] = {k: body[k] for k in _SAME if body.get(k) is not None}
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    if body.get("stop") is not None:
-        params["stop"] = body["stop"]
-    inputs: dict[str, Any]
-    if endpoint == "/v1/chat/completions":
-        if body.get("logprobs"):
-            params["logprobs"] = body.get("top_logprobs") or 0
-        structured = _response_format(body.get("response_format"))
-        if structured is not None:
-            params["structured"] = structured
-        inputs = {"messages": [_message(i, m) for i, m in enumerate(body.get("messages") or [])]}
-        if not inputs["messages"]:
-            raise LineError("messages must be a non-empty list", "body.messages")
-    else:
-        if body.get("logprobs") is not None:
-            params["logprobs"] = body["logprobs"]
-        inputs = _completion_prompt(body.get("prompt"))
+    proto = ChatCompletionRequest if endpoint == "/v1/chat/completions" else CompletionRequest
     try:
-        return JobRequest(
-            model=body.get("model"),
-            params=SamplingParams(**params),
-            priority=BATCH_PRIORITY,
-            **inputs,
-        )
+        request = proto.model_validate(body).to_job()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise LineError(f"body: {where}: {first.get('msg')}", f"body.{where}") from exc
-
-
-def _message(i: int, m: Any) -> ChatMessage:
-    if not isinstance(m, dict):
-        raise LineError("each message must be an object", f"body.messages.{i}")
-    content = m.get("content")
-    if isinstance(content, list):  # content parts: text only
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise LineError("only text content parts are supported", f"body.messages.{i}")
-            texts.append(str(part.get("text", "")))
-        content = "".join(texts)
-    try:
-        return ChatMessage(role=m.get("role"), content=content or "", name=m.get("name"))
-    except ValidationError as exc:
-        raise LineError(f"invalid message: {exc.errors()[0]['msg']}", f"body.messages.{i}") from exc
-
-
-def _completion_prompt(prompt: Any) -> dict[str, Any]:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if isinstance(prompt, str) and prompt:
-        return {"prompt": prompt}
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return {"prompt_token_ids": prompt}
-    raise LineError("prompt must be one non-empty string or a list of token ids", "body.prompt")
-
-
-def _response_format(rf: Any) -> StructuredOutput | None:
-    if not isinstance(rf, dict) or rf.get("type") in (None, "text"):
-        return None
-    if rf["type"] == "json_object":
-        return StructuredOutput(json_object=True)
-    if rf["type"] == "json_schema":
-        schema = (rf.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise LineError(
-                "response_format.json_schema.schema is required", "body.response_format"
-            )
-        return StructuredOutput(json_schema=schema)
-    raise LineError(f"unsupported response_format type {rf['type']!r}", "body.response_format")
+        raise LineError(f"body.{where}: {first.get('msg')}", f"body.{where}") from exc
+    except InvalidRequest as exc:
+        param = f"body.{exc.param}" if exc.param else "body"
+        raise LineError(f"body: {exc.message}", param) from exc
+    request.priority = BATCH_PRIORITY
+    return request
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -225,30 +151,13 @@ def result_line(
 
 
 def response_body(endpoint: str, rec: JobRecord) -> dict[str, Any]:
-    usage = rec.usage.model_dump() if rec.usage else None
-    created = int(rec.finished_at or rec.created_at)
-    reason = rec.finish_reason or "stop"
-    if endpoint == "/v1/chat/completions":
-        return {
-            "id": "chatcmpl-" + rec.id.removeprefix("job_"),
-            "object": "chat.completion",
-            "created": created,
-            "model": rec.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": rec.text},
-                    "logprobs": None,
-                    "finish_reason": reason,
-                }
-            ],
-            "usage": usage,
-        }
-    return {
-        "id": "cmpl-" + rec.id.removeprefix("job_"),
-        "object": "text_completion",
-        "created": created,
-        "model": rec.model,
-        "choices": [{"index": 0, "text": rec.text, "logprobs": None, "finish_reason": reason}],
-        "usage": usage,
-    }
+    """The body the synchronous route would have answered (ids derived from the job id)."""
+    from .routes.openai import ChatFace, CompletionFace, Face
+
+    face: Face = (
+        ChatFace(False, rec.model)
+        if endpoint == "/v1/chat/completions"
+        else CompletionFace(False, rec.model)
+    )
+    face.bind(rec.id, rec.created_at)
+    return face.response(rec, None).model_dump(mode="json")  # type: ignore[no-any-return]

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import BackendUnavailable, GenqError, InvalidRequest
+from common.errors import BackendUnavailable, GenqError, InvalidRequest, PromptTooLong
 
 log = logging.getLogger("genq.api")
 
@@ -29,6 +29,7 @@ _TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
+    504: "timeout_error",
 }
 
 
@@ -52,6 +53,22 @@ def error_response(exc: GenqError) -> JSONResponse:
         status_code=exc.status,
         headers=headers,
     )
+
+
+def failed_job_error(
+    status: str, code: str | None, message: str, *, input_param: str | None = None
+) -> GenqError:
+    """A job that ended without succeeding, as the error a synchronous (OpenAI-compatible)
+    request gets. The worker fails a prompt over the context with `prompt_too_long` and
+    vLLM's message (which names both lengths): that is the client's fault, so 400."""
+    if code == "prompt_too_long":
+        return PromptTooLong(message, param=input_param)
+    if code == "invalid_request":
+        return InvalidRequest(message, param=input_param)
+    exc = GenqError(message)
+    exc.code = code or status
+    exc.status = {"cancelled": 409, "expired": 504}.get(status, 504 if code == "timeout" else 500)
+    return exc
 
 
 def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
@@ -92,6 +109,17 @@ def install(app: FastAPI) -> None:
     async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("Redis unavailable: %s", type(exc).__name__)
         return error_response(BackendUnavailable("the job store (Redis) is unavailable"))
+
+    # Deployments run Redis with maxmemory-policy noeviction (an evicted key is a lost job),
+    # so a full Redis refuses writes; after a failover a stale connection may reach a
+    # read-only replica. Both are temporary: 503 + Retry-After, never a 500.
+    @app.exception_handler(rex.OutOfMemoryError)
+    @app.exception_handler(rex.ReadOnlyError)
+    async def _redis_refuses_writes(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis refused a write: %s", type(exc).__name__)
+        return error_response(
+            BackendUnavailable("the job store (Redis) is full or read-only", retry_after=5)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

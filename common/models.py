@@ -206,6 +206,7 @@ class WorkerInfo(BaseModel):
     max_model_len: int
     max_num_seqs: int
     in_flight: int = 0
+    engine_unfinished: int = Field(0, description="requests the engine itself still holds")
     ready: bool = True
     started_at: float
     heartbeat_at: float

@@ -35,9 +35,7 @@ def test_chat_paris(engine_stack: Stack) -> None:
 
 def test_sse_deltas_then_one_terminal(engine_stack: Stack) -> None:
     with engine_stack.client() as c:
-        job = submit(
-            c, {"messages": [PARIS], "params": {"temperature": 0, "max_tokens": 48}}
-        )
+        job = submit(c, {"messages": [PARIS], "params": {"temperature": 0, "max_tokens": 48}})
         events = read_sse(c, job["id"])
         rec = wait_job(c, job["id"])
     kinds = [e[0] for e in events]
@@ -50,8 +48,9 @@ def test_sse_deltas_then_one_terminal(engine_stack: Stack) -> None:
 
 def test_late_client_replay_and_last_event_id(engine_stack: Stack) -> None:
     with engine_stack.client() as c:
-        job = submit(c, {"prompt": "Once upon a time", "params": {"temperature": 0,
-                                                                   "max_tokens": 24}})
+        job = submit(
+            c, {"prompt": "Once upon a time", "params": {"temperature": 0, "max_tokens": 24}}
+        )
         rec = wait_job(c, job["id"])
         late = read_sse(c, job["id"])  # connects after the job finished
         deltas = [e for e in late if e[0] == "delta"]
@@ -67,12 +66,18 @@ def test_late_client_replay_and_last_event_id(engine_stack: Stack) -> None:
 def test_reconnect_mid_stream_has_no_gaps(engine_stack: Stack) -> None:
     """Drop the stream after a few deltas while the job runs, resume with Last-Event-ID."""
     with engine_stack.client() as c:
-        job = submit(c, {"prompt": "The history of Rome", "params": {
-            "temperature": 0, "max_tokens": 64, "ignore_eos": True}})
+        job = submit(
+            c,
+            {
+                "prompt": "The history of Rome",
+                "params": {"temperature": 0, "max_tokens": 64, "ignore_eos": True},
+            },
+        )
         first: list[dict[str, Any]] = []
         with c.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
-            from genq.chat import iter_sse
             import json
+
+            from genq.chat import iter_sse
 
             for event, data in iter_sse(r.iter_lines()):
                 if event == "delta":
@@ -93,8 +98,10 @@ def test_16_jobs_overlap_in_the_engine(engine_stack: Stack) -> None:
     """16 chats sent together are in the engine together: every job has produced its first
     token before any job finished, and the worker saw 16 in flight at once."""
     bodies = [
-        {"messages": [{"role": "user", "content": f"Tell me a fact about the number {i}."}],
-         "params": {"temperature": 0, "max_tokens": 48, "ignore_eos": True}}
+        {
+            "messages": [{"role": "user", "content": f"Tell me a fact about the number {i}."}],
+            "params": {"temperature": 0, "max_tokens": 48, "ignore_eos": True},
+        }
         for i in range(16)
     ]
     ids: list[str] = []
@@ -132,16 +139,23 @@ def test_16_jobs_overlap_in_the_engine(engine_stack: Stack) -> None:
     assert first_tokens < first_finish, "jobs ran one after another, not batched"
     tokens = sum(x["usage"]["completion_tokens"] for x in recs)
     ttft = sorted(x["first_token_at"] - x["created_at"] for x in recs)
-    print(f"\n16 concurrent chats: {tokens} tokens in {elapsed:.1f}s = "
-          f"{tokens / elapsed:.1f} tok/s; TTFT p50 {ttft[8]*1000:.0f} ms; peak in flight {peak}")
+    print(
+        f"\n16 concurrent chats: {tokens} tokens in {elapsed:.1f}s = "
+        f"{tokens / elapsed:.1f} tok/s; TTFT p50 {ttft[8] * 1000:.0f} ms; peak in flight {peak}"
+    )
     assert peak >= 8  # heartbeats are sampled; all 16 overlap per the timestamps above
 
 
 def test_cancel_running_job_stops_generation(engine_stack: Stack) -> None:
     r = sync_redis.Redis.from_url(engine_stack.redis.url)
     with engine_stack.client() as c:
-        job = submit(c, {"prompt": "Count to one thousand:", "params": {
-            "temperature": 0, "max_tokens": 1500, "ignore_eos": True}})
+        job = submit(
+            c,
+            {
+                "prompt": "Count to one thousand:",
+                "params": {"temperature": 0, "max_tokens": 1500, "ignore_eos": True},
+            },
+        )
         jid = job["id"]
         deadline = time.time() + 60
         while r.llen(keys.job_log(jid)) < 3:
@@ -173,10 +187,16 @@ def test_cancel_running_job_stops_generation(engine_stack: Stack) -> None:
 
 def test_prompt_and_token_ids_inputs(engine_stack: Stack) -> None:
     with engine_stack.client() as c:
-        a = submit(c, {"prompt": "The capital of France is", "params": {
-            "temperature": 0, "max_tokens": 4}})
-        b = submit(c, {"prompt_token_ids": [504, 3575, 282, 4649, 314], "params": {
-            "temperature": 0, "max_tokens": 4}})
+        a = submit(
+            c, {"prompt": "The capital of France is", "params": {"temperature": 0, "max_tokens": 4}}
+        )
+        b = submit(
+            c,
+            {
+                "prompt_token_ids": [504, 3575, 282, 4649, 314],
+                "params": {"temperature": 0, "max_tokens": 4},
+            },
+        )
         ra, rb = wait_job(c, a["id"]), wait_job(c, b["id"])
     for rec in (ra, rb):
         assert rec["status"] == "succeeded" and rec["finish_reason"] == "length"
@@ -187,8 +207,10 @@ def test_prompt_and_token_ids_inputs(engine_stack: Stack) -> None:
 
 def test_stop_string(engine_stack: Stack) -> None:
     with engine_stack.client() as c:
-        j = submit(c, {"messages": [PARIS], "params": {"temperature": 0, "max_tokens": 32,
-                                                      "stop": [" is"]}})
+        j = submit(
+            c,
+            {"messages": [PARIS], "params": {"temperature": 0, "max_tokens": 32, "stop": [" is"]}},
+        )
         rec = wait_job(c, j["id"])
     assert rec["finish_reason"] == "stop" and " is" not in rec["text"], rec
     assert rec["text"].strip() == "The capital of France"

@@ -11,7 +11,9 @@ def test_submit_poll_stream(sim_stack: Stack) -> None:
         assert job["status"] == "queued" and job["urls"]["events"].endswith("/events")
         events = read_sse(c, job["id"])
         deltas = [e for e in events if e[0] == "delta"]
-        assert [int(e[1]) for e in deltas] == list(range(5))
+        # the worker merges a job's tokens that arrive while a write is in flight, so under
+        # load 5 tokens may come as fewer deltas; seqs still start at 0 with no gaps
+        assert [int(e[1]) for e in deltas] == list(range(len(deltas))) and deltas
         assert events[-1][0] == "done"
         rec = wait_job(c, job["id"])
         assert rec["text"] == "".join(d[2]["text"] for d in deltas)
@@ -91,9 +93,7 @@ def test_long_poll_waits_for_the_end(sim_stack: Stack) -> None:
         assert rec["status"] == "succeeded" and time.monotonic() - t0 < 10
         # already terminal: answers at once
         t0 = time.monotonic()
-        assert c.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()["status"] == (
-            "succeeded"
-        )
+        assert c.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()["status"] == ("succeeded")
         assert time.monotonic() - t0 < 1
 
 
@@ -102,9 +102,10 @@ def test_ndjson_stream(sim_stack: Stack) -> None:
 
     with sim_stack.client() as c:
         job = submit(c, {"prompt": "x", "params": {"max_tokens": 4}})
-        with c.stream("GET", f"/v1/jobs/{job['id']}/events",
-                      headers={"Accept": "application/x-ndjson"}) as r:
+        with c.stream(
+            "GET", f"/v1/jobs/{job['id']}/events", headers={"Accept": "application/x-ndjson"}
+        ) as r:
             assert r.headers["content-type"].startswith("application/x-ndjson")
             lines = [json.loads(x) for x in r.iter_lines() if x]
-    assert [x["seq"] for x in lines[:-1]] == [0, 1, 2, 3]
+    assert [x["seq"] for x in lines[:-1]] == list(range(len(lines) - 1))
     assert lines[-1]["status"] == "succeeded" and lines[-1]["text"] == "tok0 tok1 tok2 tok3"

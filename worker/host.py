@@ -298,6 +298,7 @@ class EngineHost:
             max_model_len=self.engine.info.max_model_len,
             max_num_seqs=self.engine.info.max_num_seqs,
             in_flight=self.in_flight,
+            engine_unfinished=self.engine.num_unfinished(),
             ready=self.ready,
             started_at=self.started_at,
             heartbeat_at=time.time(),

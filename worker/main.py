@@ -125,10 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--health-port",
         type=int,
-        default=None,
-        help="serve /healthz, /readyz, /metrics on this port",
+        default=_env_int("GENQ_HEALTH_PORT"),
+        help="serve /healthz, /readyz, /metrics on this port (env GENQ_HEALTH_PORT)",
     )
     return p
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
 
 
 def build_engine(args: argparse.Namespace) -> Any:

@@ -178,6 +178,7 @@ class VllmEngine:
         return SamplingParams(**kw)
 
     async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         prompt, tok_kwargs = self._prompt(request)
@@ -210,7 +211,9 @@ class VllmEngine:
                 )
         except EngineDeadError as exc:
             raise EngineError("engine_error", "the inference engine died") from exc
-        except ValueError as exc:  # vLLM's request validation errors are ValueErrors
+        except (ValueError, VLLMClientError) as exc:
+            # vLLM's request checks: VLLMValidationError (a prompt over the context) is a
+            # VLLMClientError, not a ValueError, in vLLM 0.32; older checks raise ValueError.
             msg = str(exc)
             code = (
                 "prompt_too_long"
