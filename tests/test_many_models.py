@@ -72,6 +72,20 @@ def test_unknown_and_unserved_models(two_pools: Stack) -> None:
         assert c.get(f"/v1/jobs/{queued['id']}").json()["status"] == "queued"
 
 
+def test_sync_route_answers_503_for_a_model_without_workers(two_pools: Stack) -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with two_pools.client() as c:
+        r = c.post("/v1/chat/completions", json={**chat, "model": "model-c"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        err = r.json()["error"]
+        assert err["code"] == "no_worker" and err["param"] == "model"
+        assert "no live worker serves model 'model-c'" in err["message"]
+        # The served pools answer on the same route, each on its own workers.
+        for model in ("model-a", "model-b", "b-adapter"):
+            r = c.post("/v1/chat/completions", json={**chat, "model": model})
+            assert r.status_code == 200 and r.json()["model"] == model, r.text
+
+
 def test_sync_callers_get_no_worker_for_a_configured_model(two_pools: Stack) -> None:
     """What the synchronous (OpenAI-compatible) routes ask: resolve(need_worker=True)."""
     from api.models_directory import ModelDirectory
