@@ -193,8 +193,17 @@ class WebhookDispatcher:
             did = _s(raw)
             if await self._lease(keys=[keys.WEBHOOK_DUE], args=[did, now, now + LEASE_S]):
                 taken.append(did)
-        if taken:
-            await asyncio.gather(*(self._deliver(did) for did in taken))
+        # One job's events go out in order (started before completed) when both are due in
+        # the same pass; different jobs' deliveries run concurrently.
+        by_job: dict[str, list[str]] = {}
+        for did in taken:
+            by_job.setdefault(did.rsplit("_", 1)[0], []).append(did)
+        if by_job:
+            await asyncio.gather(*(self._deliver_in_order(ids) for ids in by_job.values()))
+
+    async def _deliver_in_order(self, delivery_ids: list[str]) -> None:
+        for did in sorted(delivery_ids, key=lambda d: d.endswith("_completed")):
+            await self._deliver(did)
 
     async def _deliver(self, did: str) -> None:
         raw = await self.redis.hgetall(keys.webhook_delivery(did))
