@@ -36,8 +36,14 @@ class Proc:
         return self.popen.poll() is None
 
     def kill(self) -> None:
+        """SIGKILL the process and its process group (it was started in its own session):
+        a real-engine worker's vLLM EngineCore children would otherwise outlive it, orphaned,
+        holding ~2 GB each (as a dead pod's containers all die together)."""
         if self.alive():
-            self.popen.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.popen.send_signal(signal.SIGKILL)
             self.popen.wait(10)
 
     def term(self, wait: float = 30) -> int | None:

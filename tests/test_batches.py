@@ -183,6 +183,7 @@ def test_cancel_stops_the_batch(tmp_path: Path) -> None:
         s.stop()
 
 
+@pytest.mark.timeout(900)  # ~1.5-5 min on a busy 2-core box: one simulated worker's job rate
 def test_ten_thousand_lines_survive_an_api_restart(tmp_path: Path) -> None:
     """10,000 requests through the test-double engine; the API is SIGKILLed mid fan-out and
     restarted: the batch completes with every line exactly once."""
@@ -230,6 +231,7 @@ def test_ten_thousand_lines_survive_an_api_restart(tmp_path: Path) -> None:
         s.stop()
 
 
+@pytest.mark.engine
 def test_small_batch_on_the_real_engine(engine_stack: Stack) -> None:
     client = _client(engine_stack)
     qs = [

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.lora_adapter import LORA_NAME
 from tests.stack import Stack, submit, wait_job
+
+pytestmark = pytest.mark.engine
 
 BASE = "SmolLM2-135M-Instruct"
 
