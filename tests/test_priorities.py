@@ -52,6 +52,11 @@ def test_high_priority_overtakes_a_backlog(tmp_path: Path) -> None:
             assert {r["priority"] for r in low} == {9} and {r["priority"] for r in high} == {0}
             # A priority in the body wins over the key's default.
             assert wait_job(hc, explicit)["priority"] == 6
+            # The OpenAI-compatible routes apply the key's default too.
+            r = hc.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
+            assert r.status_code == 200, r.text
+            job_id = "job_" + r.json()["id"].removeprefix("cmpl-")
+            assert hc.get(f"/v1/jobs/{job_id}").json()["priority"] == 0
         low_starts = sorted(r["started_at"] for r in low)
         for r in high:
             assert r["status"] == "succeeded"
