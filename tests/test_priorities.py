@@ -58,10 +58,10 @@ def test_high_priority_overtakes_a_backlog(tmp_path: Path) -> None:
             job_id = "job_" + r.json()["id"].removeprefix("cmpl-")
             assert hc.get(f"/v1/jobs/{job_id}").json()["priority"] == 0
         low_starts = sorted(r["started_at"] for r in low)
-        for r in high:
-            assert r["status"] == "succeeded"
-            ahead = sum(1 for t in low_starts if t < r["started_at"])
-            assert ahead <= 3, (ahead, low_starts, r["started_at"])
+        aheads = [sum(1 for t in low_starts if t < r["started_at"]) for r in high]
+        print(f"\nbacklog jobs started before each urgent job: {aheads}")
+        assert all(r["status"] == "succeeded" for r in high)
+        assert max(aheads) <= 3, (aheads, low_starts)
         # ... and the backlog itself still ran in submission order (FCFS among equals).
         assert [r["started_at"] for r in low] == low_starts
     finally:
