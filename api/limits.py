@@ -1,4 +1,5 @@
-"""Request size limit, enforced before the body is parsed (ASGI middleware)."""
+"""Request limits: body size before parsing (ASGI middleware), prompt length against the
+served context."""
 
 from __future__ import annotations
 
@@ -7,7 +8,25 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.errors import PromptTooLong
+from common.models import JobRequest
+
 from .errors import error_body
+
+
+def check_prompt_fits(request: JobRequest, max_model_len: int | None) -> None:
+    """400 before enqueueing when the prompt's length is known here (token ids) and leaves
+    no room to generate in the served context. Text prompts are tokenized by the worker,
+    which fails the job `prompt_too_long` with both lengths (the API holds no tokenizer).
+    A max_tokens beyond what is left is not an error: generation stops at the context end
+    (finish_reason `length`), as vLLM does."""
+    ids = request.prompt_token_ids
+    if ids is None or not max_model_len or len(ids) < max_model_len:
+        return
+    raise PromptTooLong(
+        f"the prompt is {len(ids)} tokens; the model's context is {max_model_len} tokens",
+        param="prompt_token_ids",
+    )
 
 
 class BodySizeLimit:
@@ -36,27 +55,33 @@ class BodySizeLimit:
                     return
         seen = 0
         started = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            # Over the limit, answer 413 right here and tell the app the client left: raising
+            # instead would reach FastAPI's body parsing, which turns any error into a 400.
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    rejected = True
+                    if not started:
+                        await self._reject(send, limit)
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracking_send(msg: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 is out; whatever the app answers to the disconnect is not
             if msg["type"] == "http.response.start":
                 started = True
             await send(msg)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send, limit)
+        await self.app(scope, limited_receive, tracking_send)
 
     async def _reject(self, send: Send, limit: int) -> None:
         body = json.dumps(
@@ -68,7 +93,3 @@ class BodySizeLimit:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

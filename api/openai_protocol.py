@@ -31,9 +31,9 @@ from common.models import (
 _INT64 = 2**63 - 1
 
 # Whether workers put per-token logprobs on the deltas they stream (the `logprobs` field of
-# common.models.Delta). Until they do, a request for logprobs is refused rather than
-# answered with `logprobs: null`.
-LOGPROBS_STREAMED = False
+# common.models.Delta). Without it, a request for logprobs is refused rather than answered
+# with `logprobs: null`.
+LOGPROBS_STREAMED = True
 
 
 class OpenAIModel(BaseModel):

@@ -59,6 +59,7 @@ class PendingDelta:
     text: str
     tokens: int
     prompt_tokens: int | None
+    logprobs: str = ""  # JSON array of per-token logprobs (common.models.Delta), or ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,9 @@ class JobStore:
         for k, v in fields.items():
             argv += [k, v]
         idem = keys.idempotency(owner, idempotency_key or "-")
-        res = await self._create(keys=[*job_keys(job_id), idem, keys.owner_jobs(owner)], args=argv)
+        res = await self._create(
+            keys=[*job_keys(job_id), idem, keys.owner_jobs(owner), keys.ALL_JOBS], args=argv
+        )
         created, existing_id = int(res[0]), _s(res[1])
         if not created:
             if _s(res[2]) != body_digest:
@@ -145,6 +148,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.owner_jobs(owner), job_id)
+        pipe.zrem(keys.ALL_JOBS, job_id)
         if idempotency_key:
             pipe.delete(keys.idempotency(owner, idempotency_key))
         await pipe.execute()
@@ -211,6 +215,44 @@ class JobStore:
                     return out
         return out
 
+    async def list_all(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        scan_max: int = 10_000,
+    ) -> list[JobRecord]:
+        """Jobs of every owner, newest first, filtered by status and model (admin view).
+        Running jobs come from the genq:running index; other states scan the all-jobs
+        index newest first (at most `scan_max` entries), reading status and model in
+        pipelined batches and dropping index entries whose record has expired."""
+        index = keys.RUNNING if status == "running" else keys.ALL_JOBS
+        out: list[JobRecord] = []
+        start, batch = 0, 200
+        while len(out) < limit and start < scan_max:
+            ids = [_s(i) for i in await self.redis.zrevrange(index, start, start + batch - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hmget(keys.job(jid), "status", "model")
+            rows = await pipe.execute()
+            gone = [jid for jid, (st, _) in zip(ids, rows, strict=True) if st is None]
+            if gone and index == keys.ALL_JOBS:
+                await self.redis.zrem(keys.ALL_JOBS, *gone)
+                start -= len(gone)
+            for jid, (st, mdl) in zip(ids, rows, strict=True):
+                if st is None or (status and _s(st) != status) or (model and _s(mdl) != model):
+                    continue
+                rec = await self.get(jid, with_request=False)
+                if rec is not None:
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+        return out
+
     # -- worker side ------------------------------------------------------------------------
 
     async def claim(self, job_id: str, worker_id: str) -> ClaimResult:
@@ -239,6 +281,7 @@ class JobStore:
                     d.text,
                     d.tokens,
                     "" if d.prompt_tokens is None else d.prompt_tokens,
+                    d.logprobs,
                 ],
                 client=pipe,
             )
@@ -294,11 +337,22 @@ class JobStore:
         return ok, status
 
     async def requeue_if_dead(self, job_id: str, dead_worker: str) -> str:
+        """requeue.lua: 'requeued' (the caller must re-send, then call `resent`), 'failed'
+        (`worker_lost`) or 'skip'."""
         res = await self._requeue(
-            keys=job_keys(job_id),
+            keys=[*job_keys(job_id), keys.REQUEUED],
             args=[job_id, dead_worker, repr(time.time()), self.retention_s],
         )
         return _s(res)
+
+    async def resent(self, job_id: str) -> None:
+        """The requeued job's message is back on the queue."""
+        await self.redis.zrem(keys.REQUEUED, job_id)
+
+    async def unsent_requeues(self, older_than_s: float) -> list[str]:
+        """Jobs requeued more than `older_than_s` ago whose re-send was never confirmed."""
+        raw = await self.redis.zrangebyscore(keys.REQUEUED, "-inf", time.time() - older_than_s)
+        return [_s(x) for x in raw]
 
 
 def _s(v: Any) -> str:

@@ -8,8 +8,11 @@
     genq:workers             hash   worker id -> JSON heartbeat (model, max_model_len, ...)
     genq:worker:{wid}:jobs   set    jobs a worker has claimed and not finished (for the reaper)
     genq:running             zset   running job ids scored by claim time (for the reaper)
+    genq:requeued            zset   jobs requeue.lua put back, until their message is re-sent
     genq:idem:{owner}:{key}  string idempotency key -> job id
     genq:jobs:{owner}        zset   a key owner's job ids by creation time (listing)
+    genq:index:jobs          zset   every job id by creation time, all owners (admin listing;
+                                    entries whose record expired are removed when met)
     genq:rate:{owner}:{sec}  string per-key request counter for rate limiting
     genq:webhooks:watch      zset   jobs with a webhook whose events are not all scheduled
     genq:webhooks:due        zset   webhook delivery ids by next attempt time (or lease end)
@@ -38,6 +41,8 @@ PREFIX = "genq"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
 WORKERS = f"{PREFIX}:workers"
 RUNNING = f"{PREFIX}:running"
+REQUEUED = f"{PREFIX}:requeued"
+ALL_JOBS = f"{PREFIX}:index:jobs"
 QUEUE_PREFIX = "genq."
 
 

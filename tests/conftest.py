@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genq.redis_server import LocalRedis
+from genq.redis_server import LocalRedis, free_port
 from tests.stack import Stack
 
 
@@ -51,11 +51,14 @@ def engine_stack(session_tmp: Path) -> Iterator[Stack]:
     # session needs no second real engine for it.
     adapter = write_random_lora(session_tmp / "lora", ensure_default_model())
     s = Stack(session_tmp / "engine")
+    s.worker_health_port = free_port()  # the worker's /metrics (tests/test_metrics.py)
     try:
         s.start_api()
         s.start_worker(
             "--max-num-seqs",
             "32",
+            "--health-port",
+            str(s.worker_health_port),
             "--max-lora-rank",
             "8",
             "--lora-modules",

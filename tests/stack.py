@@ -36,15 +36,25 @@ class Proc:
         return self.popen.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the process and its process group (it was started in its own session):
-        a real-engine worker's vLLM EngineCore children would otherwise outlive it, orphaned,
-        holding ~2 GB each (as a dead pod's containers all die together)."""
+        """SIGKILL the whole process group (the worker and any engine child it started):
+        every process is spawned with start_new_session, so its pgid is its pid."""
         if self.alive():
             try:
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.popen.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.popen.wait(10)
+        else:
+            try:  # the leader is gone; make sure no child outlives it in the tests
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def term(self, wait: float = 30) -> int | None:
         if self.alive():
@@ -83,6 +93,7 @@ class Stack:
         self.workers: list[Proc] = []
         self.api: Proc | None = None
         self.api_port = 0
+        self.worker_health_port = 0  # set by fixtures that pass --health-port
         self._n = 0
 
     @property
@@ -161,12 +172,36 @@ class Stack:
             r.close()
         raise TimeoutError(f"worker {worker_id} not ready:\n{w.tail()}")
 
+    def redis_client(self) -> Any:
+        import redis as sync_redis
+
+        return sync_redis.Redis.from_url(self.redis.url)
+
+    def running_jobs(self) -> list[str]:
+        """Job ids left in genq:running (must be empty once every job is terminal)."""
+        from common import keys
+
+        r = self.redis_client()
+        try:
+            return [x.decode() for x in r.zrange(keys.RUNNING, 0, -1)]
+        finally:
+            r.close()
+
+    def worker_logs(self) -> str:
+        return "\n".join(w.log_text() for w in self.workers)
+
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60), **kw)
 
     def stop(self) -> None:
         for w in self.workers:
             w.kill()
+            # vLLM's EngineCore and its worker are children of the worker process and outlive
+            # a SIGKILL of it (~2 GB each): end the worker's whole session (process group).
+            try:
+                os.killpg(w.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.api:
             self.api.term(10)
         if self.owns_redis:
@@ -181,8 +216,16 @@ def submit(client: httpx.Client, body: dict[str, Any], **kw: Any) -> dict[str, A
 
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
+    rec: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        r = client.get(f"/v1/jobs/{job_id}", params={"wait": min(10, timeout)})
+        try:
+            r = client.get(f"/v1/jobs/{job_id}", params={"wait": min(10, timeout)})
+        except httpx.TransportError:
+            time.sleep(0.2)
+            continue
+        if r.status_code == 503:  # Redis restarting: the API says so; ask again
+            time.sleep(0.2)
+            continue
         rec = r.json()
         if rec["status"] in ("succeeded", "failed", "cancelled", "expired"):
             return rec  # type: ignore[no-any-return]

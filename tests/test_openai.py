@@ -21,11 +21,11 @@ import openai
 import pytest
 import redis as sync_redis
 
-from api.openai_protocol import LOGPROBS_STREAMED
 from common import keys
-from common.jobstore import JobStore, redis_from_url
-from common.models import JobError
+from common.jobstore import JobStore, PendingDelta, redis_from_url
+from common.models import JobError, JobRequest
 from common.states import JobStatus
+from common.taskspec import queue_lists
 from tests.stack import DEFAULT_MODEL, Stack, wait_job
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -63,6 +63,19 @@ def heartbeats(stack: Stack) -> list[dict[str, Any]]:
     finally:
         r.close()
     return [b for b in beats if b["model"] == DEFAULT_MODEL and time.time() - b["heartbeat_at"] < 3]
+
+
+def abort_logged_at(stack: Stack, job_id: str, within: float = 3.0) -> float:
+    """When (time.time()) a worker logged that it aborted the job's engine request."""
+    needle = f"job {job_id}: engine request aborted"
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for w in stack.workers:
+            for line in w.log.read_text(errors="replace").splitlines():
+                if needle in line:
+                    return float(json.loads(line)["ts"])
+        time.sleep(0.05)
+    raise AssertionError(f"no engine abort logged for {job_id}")
 
 
 def wait_engine_idle(stack: Stack, within: float) -> None:
@@ -212,6 +225,57 @@ def test_errors_are_sdk_exceptions(engine_stack: Stack) -> None:
     assert missing.value.code == "model_not_found"
 
 
+def test_logprobs(engine_stack: Stack) -> None:
+    """Per-token logprobs travel from the engine through the delta log to both APIs."""
+    client = sdk(engine_stack)
+    resp = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=CHAT,
+        temperature=0,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    text = resp.choices[0].message.content or ""
+    assert resp.choices[0].logprobs is not None and resp.usage is not None
+    content = resp.choices[0].logprobs.content or []
+    assert len(content) == resp.usage.completion_tokens
+    # As in vLLM, the stop token (EOS) has its logprob too, though its text is not shown.
+    assert "".join(t.token for t in content).startswith(text)
+    for t in content:
+        assert len(t.top_logprobs) == 2 and t.logprob <= 0
+        assert t.top_logprobs[0].token == t.token  # greedy: the likeliest token was chosen
+    chunks = list(
+        client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=CHAT,
+            temperature=0,
+            max_tokens=8,
+            logprobs=True,
+            stream=True,
+        )
+    )
+    streamed = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert all(t.top_logprobs == [] for t in streamed)  # top_logprobs not asked for
+    comp = client.completions.create(
+        model=DEFAULT_MODEL,
+        prompt="The capital of France is",
+        max_tokens=5,
+        logprobs=1,
+        temperature=0,
+    )
+    lp = comp.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and lp.text_offset is not None
+    assert "".join(lp.tokens) == comp.choices[0].text and len(lp.token_logprobs or []) == 5
+    assert lp.text_offset == sorted(lp.text_offset)
+
+
 @pytest.mark.parametrize("second_api", ["engine_stack"], indirect=True)
 def test_auth_and_rate_limit_errors(engine_stack: Stack, second_api: Stack) -> None:
     with pytest.raises(openai.AuthenticationError):
@@ -250,9 +314,13 @@ def test_disconnect_mid_stream_cancels(engine_stack: Stack) -> None:
     while not any(b["engine_unfinished"] for b in heartbeats(engine_stack)):
         assert time.monotonic() < deadline, heartbeats(engine_stack)
         time.sleep(0.05)
+    closed_at = time.time()
     stream.close()
     took = wait_status(engine_stack, job_id, "cancelled", within=1.0)
+    aborted_after = abort_logged_at(engine_stack, job_id) - closed_at
+    assert aborted_after < 1.0, f"engine abort {aborted_after:.3f}s after the disconnect"
     wait_engine_idle(engine_stack, within=2.0)
+    print(f"disconnect -> cancelled {took:.3f}s, engine abort {aborted_after:.3f}s")
     with engine_stack.client() as c:
         rec = c.get(f"/v1/jobs/{job_id}").json()
     assert rec["usage"]["completion_tokens"] < 1500, rec
@@ -340,11 +408,6 @@ def test_completions_wire_format(sim_stack: Stack) -> None:
         ({"messages": CHAT, "n": 2}, "n"),
         ({"messages": CHAT, "temperature": 3}, "temperature"),
         ({"messages": CHAT, "top_logprobs": 2}, "top_logprobs"),
-        pytest.param(
-            {"messages": CHAT, "logprobs": True},
-            "logprobs",
-            marks=pytest.mark.skipif(LOGPROBS_STREAMED, reason="logprobs are streamed"),
-        ),
         ({"messages": CHAT, "priority": 11}, "priority"),
         ({"messages": CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         (
@@ -409,8 +472,14 @@ def test_queue_full_is_429_no_worker_is_503(sim_stack: Stack, second_api: Stack)
     with second_api.client(headers=admin) as c:
         slow = {"model": "slow-model", "prompt": "x", "params": {"max_tokens": 500}}
         ids = [c.post("/v1/jobs", json=slow).json()["id"]]
-        wait_status(second_api, ids[0], "running", within=10)  # the worker's only slot
+        wait_status(second_api, ids[0], "running", within=30)  # the worker's only slot
         ids.append(c.post("/v1/jobs", json=slow).json()["id"])  # waits in the queue
+        r = sync_redis.Redis.from_url(second_api.redis.url)
+        try:
+            depth = sum(int(r.llen(q)) for q in queue_lists("slow-model"))
+        finally:
+            r.close()
+        assert depth == 1, f"expected one queued message, found {depth}"
         try:
             with pytest.raises(openai.RateLimitError) as exc:
                 sdk(second_api, "admin-key").chat.completions.create(
@@ -475,7 +544,9 @@ def test_stream_disconnect_cancels_within_1s(sim_stack: Stack) -> None:
         for i, _ in enumerate(r.iter_lines()):
             if i > 4:
                 break
+        closed_at = time.time()
     took = wait_status(sim_stack, job_id, "cancelled", within=1.0)
+    assert abort_logged_at(sim_stack, job_id) - closed_at < 1.0
     wait_engine_idle(sim_stack, within=2.0)
     assert took < 1.0
 
@@ -489,10 +560,41 @@ def test_waiting_client_disconnect_cancels(sim_stack: Stack) -> None:
         job = c.get("/v1/jobs", params={"limit": 1}).json()[0]
     assert job["metadata"] == {"api": "chat.completions"}
     wait_status(sim_stack, job["id"], "cancelled", within=1.0)
+    abort_logged_at(sim_stack, job["id"])
     wait_engine_idle(sim_stack, within=2.0)
 
 
 def test_models_list_with_sdk(sim_stack: Stack) -> None:
     models = sdk(sim_stack).models.list()
-    assert [m.id for m in models.data] == [DEFAULT_MODEL]
-    assert models.data[0].object == "model" and models.data[0].owned_by == "genq"
+    # Other tests' workers (other models) share this Redis; ours serves the default model.
+    (ours,) = [m for m in models.data if m.id == DEFAULT_MODEL]
+    assert ours.object == "model" and ours.owned_by == "genq" and ours.created > 0
+
+
+def test_delta_log_carries_logprobs(redis_server: Any) -> None:
+    """append.lua splices a delta's logprobs JSON into the log entry as is (an empty list
+    stays a list), and leaves deltas without logprobs as they were."""
+
+    async def go() -> list[dict[str, Any]]:
+        r = redis_from_url(redis_server.url)
+        store = JobStore(r)
+        try:
+            job_id, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            assert (await store.claim(job_id, "w")).outcome == "claimed"
+            lp = [{"token": "a", "token_id": 1, "logprob": -0.5, "top_logprobs": []}]
+            seqs = await store.append_deltas(
+                "w",
+                [PendingDelta(job_id, "a", 1, 3, json.dumps(lp)), PendingDelta(job_id, "b", 1, 3)],
+            )
+            assert seqs == [0, 1]
+            return [json.loads(e) for e in await store.read_log(job_id)]
+        finally:
+            await r.aclose()
+
+    first, second = asyncio.run(go())
+    assert first == {
+        "seq": 0,
+        "text": "a",
+        "logprobs": [{"token": "a", "token_id": 1, "logprob": -0.5, "top_logprobs": []}],
+    }
+    assert second == {"seq": 1, "text": "b"}

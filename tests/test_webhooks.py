@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import threading
 import time
@@ -33,7 +34,7 @@ class Receiver:
         recv = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 recv.calls.append({"headers": dict(self.headers.items()), "body": body})
                 fail = len(recv.calls) <= recv.fail_first
@@ -193,7 +194,7 @@ def test_receiver_down_retries_then_fails(hook_stack: Stack) -> None:
         (3, "failed"),
     ]
     assert all(x["status_code"] is None and x["error"] == "ConnectError" for x in d)
-    gaps = [b["at"] - a["at"] for a, b in zip(d, d[1:], strict=False)]
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(d)]
     assert gaps[0] >= 0.3 * 0.9 and gaps[1] >= 0.6 * 0.9, gaps  # exponential backoff
 
 

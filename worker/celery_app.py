@@ -12,15 +12,17 @@ Settings that matter for hosting an async engine under Celery:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from common import keys
 from common.models import JobRecord
 from common.settings import Settings
-from common.taskspec import TASK_NAME, broker_transport_options
-from worker.host import EngineHost
+from common.taskspec import TASK_NAME, broker_transport_options, shadow_name
+from worker.host import EngineHost, NotAccepting
 
 log = logging.getLogger("genq.worker")
 
@@ -32,7 +34,36 @@ def attach_host(host: EngineHost) -> None:
     _host = host
 
 
+def _survive_broker_loss() -> None:
+    """Keep the worker alive across a Redis outage (seen with kombu 5.7 / celery 5.7).
+
+    On a lost broker connection Celery drops the connection's transport client, then closes
+    the old channel, and later acks tasks that ran through the outage on that old channel.
+    Both reach kombu's Redis `Channel._connparams` with the client gone, which raises
+    AttributeError; Celery treats that as unrecoverable and the worker exits instead of
+    reconnecting. We turn it into the connection error it is: Celery then logs the failed
+    ack/restore and carries on with the new connection. Nothing is lost: an unacked message
+    stays in Redis's unacked hash (restored after the visibility timeout), the job record
+    holds the truth, and claim.lua drops the duplicate that restore brings.
+    """
+    import redis.exceptions as rex
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "_genq_patched", False):
+        return
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection is None or self.connection.client is None:
+            raise rex.ConnectionError("broker channel closed after a lost connection")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams._genq_patched = True  # type: ignore[attr-defined]
+    setattr(kombu_redis.Channel, "_connparams", _connparams)  # noqa: B010
+
+
 def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
+    _survive_broker_loss()
     app = Celery("genq", broker=settings.redis_url, set_as_current=True)
     app.conf.update(
         task_ignore_result=True,
@@ -58,7 +89,13 @@ def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
         (sizes and params, never the prompt)."""
         if _host is None:
             raise RuntimeError("no engine host attached to this worker process")
-        return _host.run_job_blocking(job_id)
+        try:
+            return _host.run_job_blocking(job_id)
+        except NotAccepting as exc:
+            # Back to the queue, untouched, for a healthy worker (a plain exception would be
+            # acked as a failure with acks_late, and the job would wait forever).
+            log.warning("job %s handed back to the queue: %s", job_id, exc)
+            raise Reject(str(exc), requeue=True) from exc
 
     return app
 
@@ -67,12 +104,44 @@ def resend_task(app: Celery) -> Any:
     """How the reaper puts a requeued job back on its model's queue."""
 
     def resend(record: JobRecord) -> None:
+        kwargs = {"model": record.model, "requeued": True}
         app.send_task(
             TASK_NAME,
+            task_id=record.id,  # the job id, as the API sends it (see api/enqueue.py)
             args=[record.id],
+            kwargs=kwargs,
+            shadow=shadow_name(record.model),
+            argsrepr=repr([record.id]),
+            kwargsrepr=repr(kwargs),
             # A LoRA job's record names the adapter; its queue is the base model's.
             queue=keys.queue_for_model(record.base_model or record.model),
             priority=record.priority,
         )
 
     return resend
+
+
+def restore_unacked_task(app: Celery) -> Callable[[], int]:
+    """How the reaper recovers the messages a dead worker held but had not claimed yet.
+
+    With acks_late, every message a worker has received sits in kombu's `unacked` hash until
+    it is acked. A message received but not yet claimed (claim.lua) when its worker died
+    belongs to a job that is still `queued` and in no one's `running` set, so the reaper's
+    job scan cannot see it, and kombu would only restore it after the visibility timeout
+    (hours). kombu does not record which consumer holds a message, so on a worker's death
+    we put EVERY unacked message back on its queue: the dead worker's are now redelivered,
+    and a live worker's in-progress ones come back as duplicates that claim.lua drops
+    (`skip`: running or terminal). Returns how many messages were restored.
+    """
+
+    def restore() -> int:
+        with app.connection_for_write() as conn:
+            channel: Any = conn.default_channel
+            qos = channel.qos
+            with channel.conn_or_acquire() as client:
+                tags = client.zrange(qos.unacked_index_key, 0, -1)
+                for tag in tags:
+                    qos.restore_by_tag(tag, client)
+        return len(tags)
+
+    return restore

@@ -7,7 +7,9 @@ by it continuously. The host also:
   * heartbeats into genq:workers (model, max_model_len, in-flight) so the API knows what is
     served and the reaper knows who is alive,
   * runs the reaper: jobs held by workers that stopped heartbeating are requeued (nothing
-    streamed yet) or failed `worker_lost` (invariant 3).
+    streamed yet) or failed `worker_lost` (invariant 3),
+  * refuses jobs (`NotAccepting`) once it drains or its engine died, and tells the Celery side
+    (`on_unhealthy`) to stop consuming, so a broken worker never eats the queue.
 """
 
 from __future__ import annotations
@@ -27,16 +29,24 @@ import redis.exceptions as rex
 
 from common import keys
 from common.jobstore import JobStore, redis_from_url
+from common.logs import bind_job
 from common.models import JobError, JobRecord, Usage, WorkerInfo
 from common.settings import Settings
 from common.states import JobStatus
 from common.workers import live_workers
+from worker import metrics
 from worker.engine import EngineClient, EngineError
 from worker.publisher import DeltaPublisher
 
 log = logging.getLogger("genq.worker")
 
 ResendFn = Callable[[JobRecord], None]
+RestoreFn = Callable[[], int]
+
+
+class NotAccepting(Exception):
+    """This worker takes no new job (draining, or its engine died): the Celery task hands
+    the message back to the queue untouched, for a healthy worker."""
 
 
 def new_worker_id() -> str:
@@ -51,11 +61,13 @@ class EngineHost:
         *,
         worker_id: str | None = None,
         resend: ResendFn | None = None,
+        restore_unacked: RestoreFn | None = None,
     ):
         self.engine = engine
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.resend = resend
+        self.restore_unacked = restore_unacked
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="genq-engine-loop", daemon=True)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -68,6 +80,10 @@ class EngineHost:
         self.store: JobStore
         self.publisher: DeltaPublisher
         self._bg: list[asyncio.Task[Any]] = []
+        # Called once, from a plain thread, when the engine dies: the Celery side stops
+        # consuming this worker's queue (set by worker.main).
+        self.on_unhealthy: Callable[[], None] | None = None
+        self._unhealthy_reported = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -140,7 +156,21 @@ class EngineHost:
 
     @property
     def ready(self) -> bool:
-        return self._accepting and self._consuming and not self.engine.errored
+        return self.accepting and self._consuming
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting and not self.engine.errored
+
+    def _check_engine(self) -> None:
+        """Report a dead engine once: heartbeat says not ready, Celery stops consuming."""
+        if not self.engine.errored or self._unhealthy_reported:
+            return
+        self._unhealthy_reported = True
+        log.error("engine died: worker %s stops taking jobs", self.worker_id)
+        self._beat_soon()
+        if self.on_unhealthy is not None:
+            threading.Thread(target=self.on_unhealthy, name="genq-unhealthy", daemon=True).start()
 
     @property
     def in_flight(self) -> int:
@@ -154,10 +184,13 @@ class EngineHost:
 
     async def run_job(self, job_id: str) -> str:
         """Claim and run one job to a terminal state. Returns what happened, for logs."""
-        if self.engine.errored:
-            # Leave the job queued for a healthy worker: raising makes Celery requeue it.
-            raise RuntimeError("engine is dead; refusing jobs")
+        if not self.accepting:
+            # Leave the job queued for a healthy worker (the task requeues the message).
+            self._check_engine()
+            raise NotAccepting("engine dead" if self.engine.errored else "draining")
+        bind_job(job_id)  # every log line of this job's task carries its id
         claim = await self.store.claim(job_id, self.worker_id)
+        metrics.CLAIMS.labels(self.engine.info.model, claim.outcome).inc()
         if claim.outcome != "claimed":
             log.info("job %s not run: %s %s", job_id, claim.outcome, claim.status)
             return claim.outcome
@@ -169,11 +202,15 @@ class EngineHost:
         self._tasks[job_id] = task
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
         try:
-            return await self._generate(record)
+            outcome = await self._generate(record)
+            if outcome in ("succeeded", "cancelled"):  # failures are counted with their code
+                metrics.job_finished(record.model, outcome)
+            return outcome
         finally:
             self._tasks.pop(job_id, None)
             self._cancelled.discard(job_id)
             self.jobs_done += 1
+            self._check_engine()
 
     async def _generate(self, record: JobRecord) -> str:
         job_id, request = record.id, record.request
@@ -184,13 +221,20 @@ class EngineHost:
         prompt_tokens: int | None = None
         finish_reason: str | None = None
         log.info("job %s started (attempt %d) %s", job_id, record.attempts, request.summary())
+        tokens_metric = metrics.TOKENS_GENERATED.labels(record.model)
         try:
             async with asyncio.timeout(timeout):
                 async for out in self.engine.generate(job_id, request):
+                    if not completion_tokens and out.new_tokens:
+                        metrics.JOB_TTFT.labels(record.model).observe(time.monotonic() - started)
+                        metrics.PROMPT_TOKENS.labels(record.model).inc(out.prompt_tokens or 0)
+                    tokens_metric.inc(out.new_tokens)
                     prompt_tokens = out.prompt_tokens or prompt_tokens
                     completion_tokens += out.new_tokens
-                    if out.text:
-                        self.publisher.add(job_id, out.text, out.new_tokens, prompt_tokens)
+                    if out.text or out.logprobs:
+                        self.publisher.add(
+                            job_id, out.text, out.new_tokens, prompt_tokens, out.logprobs
+                        )
                     if out.finished:
                         finish_reason = out.finish_reason
             await self.publisher.flushed(job_id)
@@ -237,12 +281,40 @@ class EngineHost:
             await self.engine.abort(job_id)
         except Exception:  # an engine that is gone has nothing left to abort
             log.debug("abort of %s failed", job_id, exc_info=True)
+            return
+        log.info("job %s: engine request aborted", job_id)
+
+    def hand_back_in_flight(self, timeout: float = 5.0) -> list[tuple[str, str]]:
+        """Drain timeout: give up the jobs still running here NOW rather than leave them to
+        the other workers' reaper a heartbeat TTL later. Each is aborted in the engine, then
+        requeue.lua moves it as if this worker had died (requeued and re-sent when it had
+        streamed nothing, else failed `worker_lost`)."""
+        try:
+            return self.call(self._hand_back(), timeout=timeout)  # type: ignore[no-any-return]
+        except Exception as exc:  # best effort: the reaper covers whatever is left
+            log.error("handing back in-flight jobs failed: %s", exc)
+            return []
+
+    async def _hand_back(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for job_id, task in list(self._tasks.items()):
+            outcome = await self.store.requeue_if_dead(job_id, self.worker_id)
+            self._cancelled.add(job_id)
+            task.cancel()  # aborts the engine request
+            out.append((job_id, outcome))
+            log.warning("drain timeout: job %s -> %s", job_id, outcome)
+            if outcome == "requeued":
+                await resend_job(self.store, job_id, self.resend)
+        await self.redis.hdel(keys.WORKERS, self.worker_id)
+        return out
 
     async def _fail(self, job_id: str, code: str, message: str) -> str:
         ok, status = await self._finish(
             job_id, JobStatus.FAILED, error=JobError(code=code, message=message)
         )
         log.info("job %s failed: %s", job_id, code)
+        if ok:
+            metrics.job_finished(self.engine.info.model, "failed", code)
         return "failed" if ok else status
 
     async def _finish(self, job_id: str, status: JobStatus, **kw: Any) -> tuple[bool, str]:
@@ -313,22 +385,32 @@ class EngineHost:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
+            self._check_engine()
             await self._heartbeat_safe()
 
     async def _reaper_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
-                await reap_dead_workers(self.store, self.settings, self.resend)
+                await reap_dead_workers(
+                    self.store, self.settings, self.resend, self.restore_unacked
+                )
             except (rex.RedisError, OSError) as exc:
                 log.warning("reaper: Redis unavailable (%s)", exc)
 
 
 async def reap_dead_workers(
-    store: JobStore, settings: Settings, resend: ResendFn | None
+    store: JobStore,
+    settings: Settings,
+    resend: ResendFn | None,
+    restore_unacked: RestoreFn | None = None,
 ) -> list[tuple[str, str]]:
-    """Requeue or fail the running jobs of workers that stopped heartbeating. Safe to run in
-    every worker at once: requeue.lua moves each job once, and only its winner re-sends."""
+    """Requeue or fail the running jobs of workers that stopped heartbeating, and recover
+    the Celery messages they held unclaimed. Safe to run in every worker at once: the one
+    whose HDEL removes a dead worker's heartbeat handles its messages, requeue.lua moves
+    each job once, and only its winner re-sends."""
+    await _bury_dead_workers(store, settings, restore_unacked)
+    await _resend_stranded(store, settings, resend)
     running = await store.redis.zrange(keys.RUNNING, 0, -1)
     if not running:
         return []
@@ -345,19 +427,57 @@ async def reap_dead_workers(
             continue
         actions.append((job_id, outcome))
         log.warning("reaper: job %s of dead worker %s -> %s", job_id, holder_id, outcome)
-        if outcome == "requeued" and resend is not None:
-            rec = await store.get(job_id, with_request=False)
-            if rec is not None:
-                await asyncio.get_running_loop().run_in_executor(None, resend, rec)
-    dead_long = [
+        if outcome == "requeued":
+            await resend_job(store, job_id, resend)
+    return actions
+
+
+async def _resend_stranded(store: JobStore, settings: Settings, resend: ResendFn | None) -> None:
+    """A reaper that died between requeue.lua and its re-send left the job in genq:requeued:
+    re-send it (a duplicate, if the first send did go out, is dropped by claim.lua)."""
+    if resend is None:
+        return
+    for job_id in await store.unsent_requeues(older_than_s=max(2 * settings.heartbeat_s, 1.0)):
+        if await store.status(job_id) == JobStatus.QUEUED:
+            log.warning("reaper: job %s was requeued but never re-sent; re-sending", job_id)
+            await resend_job(store, job_id, resend)
+        else:
+            await store.resent(job_id)  # claimed or finished meanwhile: nothing to send
+
+
+async def resend_job(store: JobStore, job_id: str, resend: ResendFn | None) -> None:
+    """Put a requeued job's message back on its queue, then mark it re-sent."""
+    if resend is None:
+        return
+    rec = await store.get(job_id, with_request=False)
+    if rec is None:
+        await store.resent(job_id)
+        return
+    await asyncio.get_running_loop().run_in_executor(None, resend, rec)
+    await store.resent(job_id)
+
+
+async def _bury_dead_workers(
+    store: JobStore, settings: Settings, restore_unacked: RestoreFn | None
+) -> None:
+    """Remove the heartbeat of each worker silent for longer than the TTL; whoever removes
+    it (HDEL is atomic) puts the unacked Celery messages back (see restore_unacked_task).
+    A worker that was only slow simply heartbeats itself back in."""
+    now = time.time()
+    dead = [
         w
         for w, blob in (await store.redis.hgetall(keys.WORKERS)).items()
-        if time.time() - WorkerInfo.model_validate_json(blob).heartbeat_at
-        > 30 * settings.worker_ttl_s
+        if now - WorkerInfo.model_validate_json(blob).heartbeat_at > settings.worker_ttl_s
     ]
-    if dead_long:
-        await store.redis.hdel(keys.WORKERS, *dead_long)
-    return actions
+    for wid in dead:
+        if not await store.redis.hdel(keys.WORKERS, wid):
+            continue  # another worker's reaper got it
+        log.warning(
+            "reaper: worker %s is dead (no heartbeat for %ss)", _text(wid), settings.worker_ttl_s
+        )
+        if restore_unacked is not None:
+            n = await asyncio.get_running_loop().run_in_executor(None, restore_unacked)
+            log.warning("reaper: put %d unacked message(s) back on the queues", n)
 
 
 def _text(v: Any) -> str:

@@ -191,12 +191,22 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     from common import keys
-    from worker.celery_app import attach_host, make_celery, resend_task
+    from worker.celery_app import attach_host, make_celery, resend_task, restore_unacked_task
     from worker.host import EngineHost
 
     app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
+    if args.engine == "vllm":
+        from worker.parent_death import die_with_parent
+
+        die_with_parent()  # the EngineCore child must not outlive a SIGKILLed worker
     engine = build_engine(args)
-    host = EngineHost(engine, settings, worker_id=args.worker_id, resend=resend_task(app))
+    host = EngineHost(
+        engine,
+        settings,
+        worker_id=args.worker_id,
+        resend=resend_task(app),
+        restore_unacked=restore_unacked_task(app),
+    )
     log.info(
         "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
     )
@@ -215,11 +225,19 @@ def main(argv: list[str] | None = None) -> None:
         queue,
         concurrency,
     )
+    nodename = f"{host.worker_id}@{engine.info.model}"
+
+    def stop_consuming() -> None:
+        # Runs in the consumer's own thread via the broker's control channel: the safe way
+        # to stop a running Celery consumer from elsewhere.
+        app.control.cancel_consumer(queue, destination=[nodename], reply=False)
+
+    host.on_unhealthy = stop_consuming
     worker = app.Worker(
         pool="threads",
         concurrency=concurrency,
         queues=[queue],
-        hostname=f"{host.worker_id}@{engine.info.model}",
+        hostname=nodename,
         loglevel=settings.log_level,
         without_mingle=True,
         without_gossip=True,
@@ -237,9 +255,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _install_drain(host: Any, worker: Any, drain_timeout: float) -> None:
-    """SIGTERM starts Celery's warm shutdown (no new messages; running tasks finish). We
-    also stop the host taking jobs, and a watchdog exits after drain_timeout; what is left
-    is handled by the reaper of the other workers."""
+    """SIGTERM starts Celery's warm shutdown: the consumer stops, running tasks finish (the
+    threads pool waits for them) and messages delivered but not started are cancelled and,
+    never acked, restored to the queue when the channel closes. We also stop the host taking
+    jobs (a task that starts anyway hands its message back), and a watchdog gives up after
+    drain_timeout: jobs still running are handed back at once (requeued if they streamed
+    nothing, else failed `worker_lost`) rather than waiting for another worker's reaper."""
     from celery.signals import worker_shutting_down
 
     def on_shutdown(**_: Any) -> None:
@@ -253,6 +274,7 @@ def _install_drain(host: Any, worker: Any, drain_timeout: float) -> None:
         def watchdog() -> None:
             threading.Event().wait(drain_timeout)
             log.error("drain timeout: exiting with %d jobs in flight", host.in_flight)
+            host.hand_back_in_flight()
             os._exit(1)
 
         threading.Thread(target=watchdog, daemon=True, name="genq-drain-watchdog").start()

@@ -11,11 +11,17 @@ finishes, so its terminal event always follows its last delta.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import redis.exceptions as rex
 
 from common.jobstore import JobStore, PendingDelta
+from worker import metrics
 
 log = logging.getLogger("genq.worker.publisher")
 
@@ -25,6 +31,7 @@ class _Pending:
     text: list[str]
     tokens: int
     prompt_tokens: int | None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class DeltaPublisher:
@@ -33,10 +40,13 @@ class DeltaPublisher:
         store: JobStore,
         worker_id: str,
         on_refused: Callable[[str], None],
+        *,
+        outage_s: float = 60.0,
     ):
         self.store = store
         self.worker_id = worker_id
         self.on_refused = on_refused
+        self.outage_s = outage_s
         self._pending: dict[str, _Pending] = {}
         self._next: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -56,13 +66,22 @@ class DeltaPublisher:
             except asyncio.CancelledError:
                 pass
 
-    def add(self, job_id: str, text: str, tokens: int, prompt_tokens: int | None) -> None:
+    def add(
+        self,
+        job_id: str,
+        text: str,
+        tokens: int,
+        prompt_tokens: int | None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None:
         p = self._pending.get(job_id)
         if p is None:
-            self._pending[job_id] = _Pending([text], tokens, prompt_tokens)
+            self._pending[job_id] = _Pending([text], tokens, prompt_tokens, logprobs)
         else:
             p.text.append(text)
             p.tokens += tokens
+            if logprobs:
+                p.logprobs = (p.logprobs or []) + logprobs
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         self._wake.set()
@@ -82,9 +101,16 @@ class DeltaPublisher:
             if not batch or fut is None:
                 continue
             items = [
-                PendingDelta(jid, "".join(p.text), p.tokens, p.prompt_tokens)
+                PendingDelta(
+                    jid,
+                    "".join(p.text),
+                    p.tokens,
+                    p.prompt_tokens,
+                    json.dumps(p.logprobs) if p.logprobs else "",
+                )
                 for jid, p in batch.items()
             ]
+            t0 = time.perf_counter()
             try:
                 seqs = await self._write(items)
             except asyncio.CancelledError:
@@ -98,29 +124,27 @@ class DeltaPublisher:
             self.batches += 1
             self.deltas += len(items)
             self.last_batch_size = len(items)
+            metrics.PUBLISH_BATCH_SIZE.observe(len(items))
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
             for item, seq in zip(items, seqs, strict=True):
                 if seq < 0:
                     self.on_refused(item.job_id)
             fut.set_result(None)
 
     async def _write(self, items: list[PendingDelta]) -> list[int]:
+        """Write one batch, riding out a Redis outage (restart, failover) of up to
+        `outage_s` instead of failing the job: the batch is retried whole, and deltas added
+        meanwhile wait in `_pending` and go out next, in order. (If the connection drops
+        after Redis ran the batch but before the reply, the retry appends it twice; that
+        needs a drop mid-reply, and the replay log's seqs stay gap-free.)"""
         delay = 0.05
-        for attempt in range(6):  # ride out a short Redis blip (restart, failover)
+        deadline = time.monotonic() + self.outage_s
+        while True:
             try:
                 return await self.store.append_deltas(self.worker_id, items)
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                if attempt == 5:
+            except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
                     raise
                 log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-            except Exception as exc:
-                import redis.exceptions as rex
-
-                if isinstance(exc, rex.ConnectionError | rex.TimeoutError) and attempt < 5:
-                    log.warning("Redis write failed (%s); retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                raise
-        raise RuntimeError("unreachable")

@@ -4,11 +4,20 @@ It is never what `make up` or the README runs. It batches like a continuous-batc
 (every running request gets `tokens_per_step` tokens each `step_s`, up to `max_num_seqs`
 requests at once; the rest wait), so tests of kills, cancels and overload, and the relay
 benchmark, run in seconds without model weights. Output text is "tok0 tok1 ...".
+
+TEST-DOUBLE FAULT DIRECTIVES (recognised ONLY by this simulated engine, never by vLLM): a raw
+`prompt` containing one of these makes the engine misbehave on purpose, so fault tests can
+inject a failure from inside a worker:
+    [sim:exit]           the whole worker process dies (os._exit) before any token: a poison job
+    [sim:kill_engine]    the engine dies (as `kill()`): every running job fails, `errored` is set
+    [sim:prefill_ms=N]   wait N ms before the first token (a long prefill: running, no output)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import AsyncIterator
 
 from common.models import JobRequest
@@ -40,6 +49,7 @@ class SimulatedEngine:
         self.default_max_tokens = default_max_tokens
         self._slots = asyncio.Semaphore(max_num_seqs)
         self._running: set[str] = set()
+        self._waiting = 0
         self._aborted: set[str] = set()
         self._dead = False
         self.aborts: list[str] = []  # every abort, for tests
@@ -49,6 +59,12 @@ class SimulatedEngine:
 
     async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
         if self._dead:
+            raise EngineError("engine_error", "the inference engine died")
+        directives = _directives(request)
+        if "exit" in directives:  # test double: a poison job that kills its worker
+            os._exit(70)
+        if "kill_engine" in directives:  # test double: the engine dies under its jobs
+            self.kill()
             raise EngineError("engine_error", "the inference engine died")
         prompt_tokens = _count_prompt(request)
         if prompt_tokens >= self.info.max_model_len:
@@ -60,9 +76,16 @@ class SimulatedEngine:
         max_tokens = request.params.max_tokens or self.default_max_tokens
         max_tokens = min(max_tokens, self.info.max_model_len - prompt_tokens)
         stops = request.params.stop or []
-        async with self._slots:
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             self._running.add(job_id)
             try:
+                if "prefill_ms" in directives:
+                    await asyncio.sleep(float(directives["prefill_ms"]) / 1000)
                 made = 0
                 while made < max_tokens:
                     await asyncio.sleep(self.step_s)
@@ -83,6 +106,8 @@ class SimulatedEngine:
             finally:
                 self._running.discard(job_id)
                 self._aborted.discard(job_id)
+        finally:
+            self._slots.release()
 
     async def abort(self, job_id: str) -> None:
         self.aborts.append(job_id)
@@ -101,7 +126,14 @@ class SimulatedEngine:
         return len(self._running)
 
     def stats(self) -> dict[str, float]:
-        return {"engine_unfinished_requests": float(len(self._running))}
+        """Same keys as VllmEngine.stats(); the double has no KV cache."""
+        return {
+            "running": float(len(self._running)),
+            "waiting": float(self._waiting),
+            "kv_cache_usage": 0.0,
+            "unfinished": float(len(self._running) + self._waiting),
+            "engine_aborts": float(len(self.aborts)),
+        }
 
     async def shutdown(self) -> None:
         return None
@@ -113,3 +145,13 @@ def _count_prompt(request: JobRequest) -> int:
     if request.prompt is not None:
         return max(1, len(request.prompt.split()))
     return sum(max(1, len(m.content.split())) + 4 for m in request.messages or [])
+
+
+_DIRECTIVE = re.compile(r"\[sim:(\w+)(?:=([^\]]*))?\]")
+
+
+def _directives(request: JobRequest) -> dict[str, str]:
+    """Test-double fault directives in a raw prompt (see the module docstring)."""
+    if not request.prompt or "[sim:" not in request.prompt:
+        return {}
+    return {m.group(1): m.group(2) or "" for m in _DIRECTIVE.finditer(request.prompt)}

@@ -12,12 +12,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
 from common.jobstore import JobStore, body_hash, new_job_id
+from common.logs import bind_job
 from common.models import JobAccepted, JobRecord, JobRequest, JobUrls
 from common.states import JobStatus
 
 from .. import webhooks
 from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
 from ..enqueue import Enqueuer
+from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
 from ..relay import StreamRelay
 from ..sse import NDJSON_MEDIA, SSE_MEDIA, encode
@@ -50,6 +52,8 @@ async def submit_job(
     if caller.default_priority is not None and "priority" not in job.model_fields_set:
         job.priority = caller.default_priority
     model = await directory.resolve(job.model, need_worker=need_worker)
+    workers = (await directory.served()).get(model, [])
+    check_prompt_fits(job, max((w.max_model_len for w in workers), default=None))
     # A LoRA adapter runs on its base model's pool: queue by the base, keep the adapter name
     # on the record and in the request (the worker picks the adapter from request.model).
     base_model = await directory.base_model(model)
@@ -73,6 +77,7 @@ async def submit_job(
         body_digest=body_hash(raw_body),
         base_model=base_model,
     )
+    bind_job(job_id)  # this request's later log lines carry the job id
     if created:
         try:
             await enqueuer.send(job_id, queue_model, job)
@@ -132,6 +137,7 @@ async def create_job(
 
 
 async def load_job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
+    bind_job(job_id)
     rec = await store.get(job_id)
     if rec is None:
         raise NotFound(f"job '{job_id}' not found (unknown or past its retention)")

@@ -83,6 +83,7 @@ async def chat_completions(
 ) -> Response:
     job = body.to_job()
     face = ChatFace(body.include_usage, body.model or settings.default_model)
+    face.top_logprobs = body.top_logprobs or 0
     job_id, created_at = await _submit(request, job, caller, store, enqueuer, directory, settings)
     face.bind(job_id, created_at)
     return await _respond(request, job_id, face, store, relay, stream=bool(body.stream))
@@ -192,6 +193,7 @@ def _usage(record: JobRecord) -> UsageInfo:
 
 class ChatFace(Face):
     id_prefix = "chatcmpl-"
+    top_logprobs = 0  # alternatives per token the client asked for
 
     def __init__(self, include_usage: bool, model: str):
         super().__init__(include_usage, model, input_param="messages")
@@ -208,9 +210,8 @@ class ChatFace(Face):
         return [self._chunk(ChatStreamChoice(delta=DeltaMessage(role="assistant", content="")))]
 
     def delta_chunk(self, text: str, logprobs: list[dict[str, Any]] | None) -> str:
-        return self._chunk(
-            ChatStreamChoice(delta=DeltaMessage(content=text), logprobs=_chat_logprobs(logprobs))
-        )
+        lp = _chat_logprobs(logprobs, self.top_logprobs)
+        return self._chunk(ChatStreamChoice(delta=DeltaMessage(content=text), logprobs=lp))
 
     def final_chunk(self, finish_reason: str) -> str:
         return self._chunk(ChatStreamChoice(delta=DeltaMessage(), finish_reason=finish_reason))
@@ -231,7 +232,7 @@ class ChatFace(Face):
             choices=[
                 ChatChoice(
                     message=AssistantMessage(content=record.text),
-                    logprobs=_chat_logprobs(logprobs),
+                    logprobs=_chat_logprobs(logprobs, self.top_logprobs),
                     finish_reason=record.finish_reason or "stop",
                 )
             ],
@@ -282,9 +283,10 @@ class CompletionFace(Face):
         )
 
 
-def _chat_logprobs(steps: list[dict[str, Any]] | None) -> ChatLogProbs | None:
+def _chat_logprobs(steps: list[dict[str, Any]] | None, k: int) -> ChatLogProbs | None:
     """The worker's per-token logprobs ({token, token_id, logprob, top_logprobs}) as
-    OpenAI's chat `logprobs.content`."""
+    OpenAI's chat `logprobs.content`. vLLM adds the sampled token to the k most likely
+    ones; OpenAI lists exactly the k most likely."""
     if not steps:
         return None
     content = []
@@ -301,7 +303,11 @@ def _chat_logprobs(steps: list[dict[str, Any]] | None) -> ChatLogProbs | None:
                         logprob=_finite(t.get("logprob")),
                         bytes=list((t.get("token") or "").encode()),
                     )
-                    for t in s.get("top_logprobs") or []
+                    for t in sorted(
+                        s.get("top_logprobs") or [],
+                        key=lambda t: _finite(t.get("logprob")),
+                        reverse=True,
+                    )[:k]
                 ],
             )
         )

@@ -1,5 +1,6 @@
 -- Create a queued job, or return the job an Idempotency-Key already names.
--- KEYS[6] idempotency key (ignored when ARGV[3] == '0'); KEYS[7] owner's job index (zset)
+-- KEYS[6] idempotency key (ignored when ARGV[3] == '0'); KEYS[7] owner's job index (zset);
+-- KEYS[8] (optional) the all-owners job index (zset), for admin listing
 -- ARGV[1] job id; ARGV[2] body hash; ARGV[3] idempotency ttl (s, '0' = no key);
 -- ARGV[4] created_at; ARGV[5] index horizon (entries older are trimmed); ARGV[6..] field pairs
 -- Returns {1, id} when created, {0, existing id, existing body hash} otherwise.
@@ -16,4 +17,8 @@ for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[7], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[5])
+if KEYS[8] then
+  redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[5])
+end
 return {1, ARGV[1]}
