@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genq-installed
 EXTRAS ?= cpu,dev
 
-.PHONY: up test install lint typecheck fetch-model bench clean help
+.PHONY: up test install lint typecheck fetch-model bench clean help browser
 
 help:
 	@echo "make up      install, fetch the default model, run Redis + worker + API + Flower"
@@ -39,7 +39,15 @@ lint: install
 typecheck: install
 	$(PY) -m mypy api worker common genq
 
-test: install fetch-model lint typecheck
+# The playground's end-to-end test drives Debian's chromium (Playwright uses it via
+# executable_path; it never downloads a browser). Installed only if missing; without it
+# that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "[genq] installing Debian's chromium (playground test)"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+	  || echo "[genq] could not install chromium: the playground browser test will skip"; }
+
+test: install fetch-model lint typecheck browser
 	$(PY) -m pytest -q -ra --durations=15
 
 bench: install

@@ -14,15 +14,17 @@ from common.settings import Settings, get_settings
 from . import errors
 from .enqueue import Enqueuer
 from .limits import BodySizeLimit
+from .metrics import ApiMetrics, RequestMetrics
 from .models_directory import ModelDirectory
 from .relay import StreamRelay
-from .routes import jobs, openai, system
+from .routes import admin, jobs, openai, playground, system
 
 log = logging.getLogger("genq.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,12 +36,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # socket timeout, so a quiet stream is not mistaken for a dead connection.
         relay_redis = redis_from_url(settings.redis_url, socket_timeout=None)
         relay = StreamRelay(relay_redis, store, queue_size=settings.sse_queue_size)
+        relay.on_end = metrics.observe_job_end
         st = app.state
+        st.metrics = metrics
         st.settings = settings
         st.redis = redis
         st.store = store
         st.relay = relay
-        st.enqueuer = Enqueuer(settings, redis)
+        st.enqueuer = Enqueuer(settings, redis, metrics)
         st.directory = ModelDirectory(settings, redis)
         st.hashed_keys = settings.hashed_api_keys()
         st.hashed_admin_keys = settings.hashed_admin_keys()
@@ -63,5 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
+    app.include_router(playground.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost, so it also counts the 413s of BodySizeLimit.
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class _Listener:
 class _Channel:
     listeners: set[_Listener] = field(default_factory=set)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    first_delta_at: float | None = None  # wall clock of seq 0's arrival (relay lag metric)
 
 
 _CLOSED = object()
@@ -78,6 +80,9 @@ class StreamRelay:
         self.connected = False
         self.relayed = 0
         self.dropped_slow = 0
+        # Metrics hook: called once per job whose terminal event this process relays live,
+        # with the arrival time of its first delta (None if it arrived before we listened).
+        self.on_end: Callable[[JobRecord, float | None], None] | None = None
 
     @property
     def open_streams(self) -> int:
@@ -156,8 +161,15 @@ class StreamRelay:
                 return
             for lst in list(ch.listeners):
                 self._put(lst, EndEvent(record))
+            if self.on_end is not None:
+                try:
+                    self.on_end(record, ch.first_delta_at)
+                except Exception:  # a metrics bug must never break streaming
+                    log.exception("relay on_end hook failed")
             return
         seq = _seq_of(data)
+        if seq == 0:
+            ch.first_delta_at = time.time()
         ev = DeltaEvent(seq, data)
         for lst in list(ch.listeners):
             if lst.want_deltas:

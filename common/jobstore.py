@@ -123,7 +123,9 @@ class JobStore:
         for k, v in fields.items():
             argv += [k, v]
         idem = keys.idempotency(owner, idempotency_key or "-")
-        res = await self._create(keys=[*job_keys(job_id), idem, keys.owner_jobs(owner)], args=argv)
+        res = await self._create(
+            keys=[*job_keys(job_id), idem, keys.owner_jobs(owner), keys.ALL_JOBS], args=argv
+        )
         created, existing_id = int(res[0]), _s(res[1])
         if not created:
             if _s(res[2]) != body_digest:
@@ -141,6 +143,7 @@ class JobStore:
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.owner_jobs(owner), job_id)
         pipe.zrem(keys.QUEUED, job_id)
+        pipe.zrem(keys.ALL_JOBS, job_id)
         if idempotency_key:
             pipe.delete(keys.idempotency(owner, idempotency_key))
         await pipe.execute()
@@ -180,6 +183,44 @@ class JobStore:
             out.append(rec)
             if len(out) >= limit:
                 break
+        return out
+
+    async def list_all(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 50,
+        scan_max: int = 10_000,
+    ) -> list[JobRecord]:
+        """Jobs of every owner, newest first, filtered by status and model (admin view).
+        Running jobs come from the genq:running index; other states scan the all-jobs
+        index newest first (at most `scan_max` entries), reading status and model in
+        pipelined batches and dropping index entries whose record has expired."""
+        index = keys.RUNNING if status == "running" else keys.ALL_JOBS
+        out: list[JobRecord] = []
+        start, batch = 0, 200
+        while len(out) < limit and start < scan_max:
+            ids = [_s(i) for i in await self.redis.zrevrange(index, start, start + batch - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for jid in ids:
+                pipe.hmget(keys.job(jid), "status", "model")
+            rows = await pipe.execute()
+            gone = [jid for jid, (st, _) in zip(ids, rows, strict=True) if st is None]
+            if gone and index == keys.ALL_JOBS:
+                await self.redis.zrem(keys.ALL_JOBS, *gone)
+                start -= len(gone)
+            for jid, (st, mdl) in zip(ids, rows, strict=True):
+                if st is None or (status and _s(st) != status) or (model and _s(mdl) != model):
+                    continue
+                rec = await self.get(jid, with_request=False)
+                if rec is not None:
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
         return out
 
     # -- worker side ------------------------------------------------------------------------

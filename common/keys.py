@@ -13,6 +13,8 @@
     genq:bury:{wid}          string lock: the reaper handling a dead worker's messages
     genq:idem:{owner}:{key}  string idempotency key -> job id
     genq:jobs:{owner}        zset   a key owner's job ids by creation time (listing)
+    genq:index:jobs          zset   every job id by creation time, all owners (admin listing;
+                                    entries whose record expired are removed when met)
     genq:rate:{owner}:{sec}  string per-key request counter for rate limiting
 
 Celery's own broker keys are the queue names from `queue_for_model` (plus kombu's
@@ -30,6 +32,7 @@ WORKERS = f"{PREFIX}:workers"
 RUNNING = f"{PREFIX}:running"
 REQUEUED = f"{PREFIX}:requeued"
 QUEUED = f"{PREFIX}:queued"
+ALL_JOBS = f"{PREFIX}:index:jobs"
 
 
 def bury_lock(worker_id: str) -> str:

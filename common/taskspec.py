@@ -3,11 +3,19 @@ kept free of a celery import so both sides and common/ can share it."""
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from common import keys
 
 TASK_NAME = "genq.generate"
+
+
+def shadow_name(model: str) -> str:
+    """How monitoring (Flower, Celery's logs) names a job's task: per model."""
+    return f"{TASK_NAME}:{model}"
+
 
 # Celery's Redis transport emulates priorities with one list per step; lower runs first.
 PRIORITY_STEPS = list(range(10))
@@ -38,3 +46,20 @@ def queue_lists(model: str) -> list[str]:
     """The Redis lists that together hold a model's queued Celery messages."""
     q = keys.queue_for_model(model)
     return [q if p == 0 else f"{q}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def job_id_from_message(raw: bytes | str) -> str | None:
+    """The job id of a queued Celery message as kombu's Redis transport stores it (JSON
+    envelope; body = base64 JSON [args, kwargs, embed]; genq's task id is the job id)."""
+    try:
+        env = json.loads(raw)
+        headers = env.get("headers") or {}
+        if isinstance(headers.get("id"), str) and headers["id"].startswith("job_"):
+            return str(headers["id"])
+        body = env.get("body")
+        if env.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None

@@ -7,17 +7,28 @@ import sys
 
 USAGE = """genq: LLM generation as durable jobs (FastAPI + Celery/Redis + vLLM).
 
+usage: genq COMMAND [OPTIONS]
+
 commands:
   up           run everything locally: Redis (if REDIS_URL is unset), one worker with the
                default model, the API on :8000 and Flower on :5555
-  api          run the HTTP API (uvicorn)
+  api          run the HTTP API (uvicorn); the playground is at /playground
   worker       run one GPU/CPU worker hosting a vLLM engine
-  chat         ask a question through the API and stream the answer
+  chat         ask a question through the API and stream the answer (interactive without one)
+  jobs         list, show, cancel and follow jobs (list/show/cancel/follow)
   fetch-model  download and convert the default model (SmolLM2-135M-Instruct)
 
+examples:
+  genq up                                        # then open http://127.0.0.1:8000/playground
+  genq chat "What is the capital of France?" --temperature 0
+  genq jobs list --status running
+  genq jobs follow job_0123...
+  genq worker --model Qwen/Qwen2.5-7B-Instruct --max-model-len 8192
+
 Run `genq COMMAND --help` for a command's options and examples.
-Environment: REDIS_URL (redis://[:password@]host:port/db, rediss:// for TLS) and GENQ_*
-settings (see README.md, "Configuration").
+Environment: REDIS_URL (redis://[:password@]host:port/db, rediss:// for TLS), GENQ_URL and
+GENQ_API_KEY (for chat/jobs), GENQ_LOG_LEVEL, and the other GENQ_* settings (README.md,
+"Configuration").
 """
 
 
@@ -48,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         from genq.chat import main as chat_main
 
         chat_main(rest)
+    elif cmd == "jobs":
+        from genq.jobs_cli import main as jobs_main
+
+        jobs_main(rest)
     elif cmd == "fetch-model":
         from worker.default_model import main as fetch_main
 

@@ -27,13 +27,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="genq up",
         description="Run Redis (if REDIS_URL is unset), one worker, the API and Flower.",
-        epilog="Arguments after `--` go to `genq worker`, e.g.\n"
-        "  genq up -- --model Qwen/Qwen2.5-0.5B-Instruct --max-model-len 4096",
+        epilog="examples:\n"
+        "  genq up                       # default model; API :8000, Flower :5555\n"
+        "  genq up --port 8080 --no-flower\n"
+        "  genq up -- --model Qwen/Qwen2.5-0.5B-Instruct --max-model-len 4096\n"
+        "Arguments after `--` go to `genq worker` (see `genq worker --help`).\n"
+        "Then open http://127.0.0.1:8000/playground, or run `genq chat`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--port", type=int, default=8000, help="API port")
-    p.add_argument("--flower-port", type=int, default=5555)
-    p.add_argument("--no-flower", action="store_true")
+    p.add_argument("--flower-port", type=int, default=5555, help="Flower (Celery monitor) port")
+    p.add_argument("--no-flower", action="store_true", help="do not start Flower")
     p.add_argument("--redis-port", type=int, default=6399, help="port of the Redis it starts")
     p.add_argument("--state-dir", type=Path, default=Path(".genq"), help="Redis data and logs")
     p.add_argument("worker_args", nargs=argparse.REMAINDER)
@@ -100,9 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"""
   API        {base}            (docs: {base}/docs)
+  Playground {base}/playground
+  Metrics    {base}/metrics
   Flower     http://127.0.0.1:{args.flower_port}
   try:
     genq chat "What is the capital of France?"
+    genq jobs list
     curl -s {base}/v1/jobs -H 'content-type: application/json' \\
          -d '{{"messages":[{{"role":"user","content":"Hi!"}}]}}'
     curl -N {base}/v1/jobs/<id>/events

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genq.redis_server import LocalRedis
+from genq.redis_server import LocalRedis, free_port
 from tests.stack import Stack
 
 
@@ -45,9 +45,17 @@ def engine_stack(session_tmp: Path) -> Iterator[Stack]:
     if os.environ.get("GENQ_SKIP_ENGINE"):
         pytest.skip("GENQ_SKIP_ENGINE is set")
     s = Stack(session_tmp / "engine")
+    s.worker_health_port = free_port()  # the worker's /metrics (tests/test_metrics.py)
     try:
         s.start_api()
-        s.start_worker("--max-num-seqs", "32", engine="vllm", timeout=600)
+        s.start_worker(
+            "--max-num-seqs",
+            "32",
+            "--health-port",
+            str(s.worker_health_port),
+            engine="vllm",
+            timeout=600,
+        )
         yield s
     finally:
         s.stop()

@@ -93,6 +93,7 @@ class Stack:
         self.workers: list[Proc] = []
         self.api: Proc | None = None
         self.api_port = 0
+        self.worker_health_port = 0  # set by fixtures that pass --health-port
         self._n = 0
 
     @property
@@ -195,6 +196,12 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.kill()
+            # vLLM's EngineCore and its worker are children of the worker process and outlive
+            # a SIGKILL of it (~2 GB each): end the worker's whole session (process group).
+            try:
+                os.killpg(w.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.api:
             self.api.term(10)
         if self.owns_redis:

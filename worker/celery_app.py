@@ -21,7 +21,7 @@ from celery.exceptions import Reject
 from common import keys
 from common.models import JobRecord
 from common.settings import Settings
-from common.taskspec import TASK_NAME, broker_transport_options
+from common.taskspec import TASK_NAME, broker_transport_options, shadow_name
 from worker.host import EngineHost, NotAccepting
 
 log = logging.getLogger("genq.worker")
@@ -104,9 +104,15 @@ def resend_task(app: Celery) -> Any:
     """How the reaper puts a requeued job back on its model's queue."""
 
     def resend(record: JobRecord) -> None:
+        kwargs = {"model": record.model, "requeued": True}
         app.send_task(
             TASK_NAME,
+            task_id=record.id,  # the job id, as the API sends it (see api/enqueue.py)
             args=[record.id],
+            kwargs=kwargs,
+            shadow=shadow_name(record.model),
+            argsrepr=repr([record.id]),
+            kwargsrepr=repr(kwargs),
             queue=keys.queue_for_model(record.model),
             priority=record.priority,
         )

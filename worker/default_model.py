@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="genq fetch-model",
         description="Download and convert the default model (SmolLM2-135M-Instruct) into the "
         "genq model cache ($GENQ_MODEL_CACHE, default ~/.cache/genq/models). Prints its folder.",
+        epilog="examples:\n  genq fetch-model\n  genq fetch-model --cache /models  # e.g. a volume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--cache", type=Path, default=None, help="cache folder")
     args = parser.parse_args(argv)

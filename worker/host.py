@@ -30,11 +30,13 @@ import redis.exceptions as rex
 
 from common import keys
 from common.jobstore import JobStore, redis_from_url
+from common.logs import bind_job
 from common.models import JobError, JobRecord, Usage, WorkerInfo
 from common.settings import Settings
 from common.states import JobStatus
 from common.taskspec import UNACKED_KEY, queue_lists
 from common.workers import live_workers
+from worker import metrics
 from worker.engine import EngineClient, EngineError
 from worker.publisher import DeltaPublisher
 
@@ -188,7 +190,9 @@ class EngineHost:
             # Leave the job queued for a healthy worker (the task requeues the message).
             self._check_engine()
             raise NotAccepting("engine dead" if self.engine.errored else "draining")
+        bind_job(job_id)  # every log line of this job's task carries its id
         claim = await self.store.claim(job_id, self.worker_id)
+        metrics.CLAIMS.labels(self.engine.info.model, claim.outcome).inc()
         if claim.outcome != "claimed":
             log.info("job %s not run: %s %s", job_id, claim.outcome, claim.status)
             return claim.outcome
@@ -200,7 +204,10 @@ class EngineHost:
         self._tasks[job_id] = task
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
         try:
-            return await self._generate(record)
+            outcome = await self._generate(record)
+            if outcome in ("succeeded", "cancelled"):  # failures are counted with their code
+                metrics.job_finished(record.model, outcome)
+            return outcome
         finally:
             self._tasks.pop(job_id, None)
             self._cancelled.discard(job_id)
@@ -216,9 +223,14 @@ class EngineHost:
         prompt_tokens: int | None = None
         finish_reason: str | None = None
         log.info("job %s started (attempt %d) %s", job_id, record.attempts, request.summary())
+        tokens_metric = metrics.TOKENS_GENERATED.labels(record.model)
         try:
             async with asyncio.timeout(timeout):
                 async for out in self.engine.generate(job_id, request):
+                    if not completion_tokens and out.new_tokens:
+                        metrics.JOB_TTFT.labels(record.model).observe(time.monotonic() - started)
+                        metrics.PROMPT_TOKENS.labels(record.model).inc(out.prompt_tokens or 0)
+                    tokens_metric.inc(out.new_tokens)
                     prompt_tokens = out.prompt_tokens or prompt_tokens
                     completion_tokens += out.new_tokens
                     if out.text or out.logprobs:
@@ -303,6 +315,8 @@ class EngineHost:
             job_id, JobStatus.FAILED, error=JobError(code=code, message=message)
         )
         log.info("job %s failed: %s", job_id, code)
+        if ok:
+            metrics.job_finished(self.engine.info.model, "failed", code)
         return "failed" if ok else status
 
     async def _finish(self, job_id: str, status: JobStatus, **kw: Any) -> tuple[bool, str]:

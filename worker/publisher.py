@@ -21,6 +21,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from common.jobstore import JobStore, PendingDelta
+from worker import metrics
 
 log = logging.getLogger("genq.worker.publisher")
 
@@ -109,6 +110,7 @@ class DeltaPublisher:
                 )
                 for jid, p in batch.items()
             ]
+            t0 = time.perf_counter()
             try:
                 seqs = await self._write(items)
             except asyncio.CancelledError:
@@ -122,6 +124,8 @@ class DeltaPublisher:
             self.batches += 1
             self.deltas += len(items)
             self.last_batch_size = len(items)
+            metrics.PUBLISH_BATCH_SIZE.observe(len(items))
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
             for item, seq in zip(items, seqs, strict=True):
                 if seq < 0:
                     self.on_refused(item.job_id)

@@ -43,6 +43,7 @@ class SimulatedEngine:
         self.default_max_tokens = default_max_tokens
         self._slots = asyncio.Semaphore(max_num_seqs)
         self._running: set[str] = set()
+        self._waiting = 0
         self._aborted: set[str] = set()
         self._dead = False
         self.aborts: list[str] = []  # every abort, for tests
@@ -69,7 +70,12 @@ class SimulatedEngine:
         max_tokens = request.params.max_tokens or self.default_max_tokens
         max_tokens = min(max_tokens, self.info.max_model_len - prompt_tokens)
         stops = request.params.stop or []
-        async with self._slots:
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             self._running.add(job_id)
             try:
                 if "prefill_ms" in directives:
@@ -94,6 +100,8 @@ class SimulatedEngine:
             finally:
                 self._running.discard(job_id)
                 self._aborted.discard(job_id)
+        finally:
+            self._slots.release()
 
     async def abort(self, job_id: str) -> None:
         self.aborts.append(job_id)
@@ -112,8 +120,12 @@ class SimulatedEngine:
         return len(self._running)
 
     def stats(self) -> dict[str, float]:
+        """Same keys as VllmEngine.stats(); the double has no KV cache."""
         return {
-            "engine_unfinished_requests": float(len(self._running)),
+            "running": float(len(self._running)),
+            "waiting": float(self._waiting),
+            "kv_cache_usage": 0.0,
+            "unfinished": float(len(self._running) + self._waiting),
             "engine_aborts": float(len(self.aborts)),
         }
 

@@ -50,9 +50,56 @@ class EngineOptions:
     extra: dict[str, Any] | None = None
 
 
+class LatestSchedulerStats:
+    """Holds the engine's most recent SchedulerStats (running/waiting requests, KV-cache use).
+
+    vLLM calls every stat logger's `record()` on the engine's output loop after each step;
+    keeping the latest object is all metrics need (scraped on another thread: replacing one
+    reference is atomic). `factory()` builds the StatLoggerBase subclass lazily so this
+    module imports without vllm."""
+
+    def __init__(self) -> None:
+        self.latest: Any = None
+
+    def factory(self) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        holder = self
+
+        class _Logger(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0):
+                self.engine_index = engine_index
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                if scheduler_stats is not None:
+                    holder.latest = scheduler_stats
+
+            def log_engine_initialized(self) -> None:
+                return None
+
+        return _Logger
+
+    def gauges(self) -> dict[str, float]:
+        s = self.latest
+        if s is None:
+            return {}
+        return {
+            "running": float(s.num_running_reqs),
+            "waiting": float(s.num_waiting_reqs + getattr(s, "num_skipped_waiting_reqs", 0)),
+            "kv_cache_usage": float(s.kv_cache_usage),
+        }
+
+
 class VllmEngine:
     def __init__(self, options: EngineOptions):
         self.options = options
+        self.scheduler_stats = LatestSchedulerStats()
         self.info = EngineInfo(
             model=options.served_model_name or options.model, max_model_len=0, max_num_seqs=0
         )
@@ -93,7 +140,9 @@ class VllmEngine:
         kwargs.update(o.extra or {})
         log.info("starting vLLM engine for %s (this loads the model; minutes on a GPU)", o.model)
         t0 = time.monotonic()
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._llm = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**kwargs), stat_loggers=[self.scheduler_stats.factory()]
+        )
         cfg = self._llm.vllm_config
         self.info.max_model_len = cfg.model_config.max_model_len
         self.info.max_num_seqs = cfg.scheduler_config.max_num_seqs
@@ -219,7 +268,12 @@ class VllmEngine:
         return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
 
     def stats(self) -> dict[str, float]:
-        return {"engine_unfinished_requests": float(self.num_unfinished())}
+        """running / waiting requests and KV-cache use (0-1) from vLLM's SchedulerStats,
+        plus the frontend's count of unfinished requests."""
+        return {
+            **self.scheduler_stats.gauges(),
+            "unfinished": float(self.num_unfinished()),
+        }
 
     async def shutdown(self) -> None:
         if self._llm is not None:

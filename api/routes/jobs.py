@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
 from common.jobstore import JobStore, body_hash
+from common.logs import bind_job
 from common.models import JobAccepted, JobRecord, JobRequest, JobUrls
 from common.states import JobStatus
 
@@ -60,6 +61,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_digest=body_hash(raw_body),
     )
+    bind_job(job_id)  # this request's later log lines carry the job id
     if created:
         try:
             await enqueuer.send(job_id, model, job)
@@ -119,6 +121,7 @@ async def create_job(
 
 
 async def load_job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
+    bind_job(job_id)
     rec = await store.get(job_id)
     if rec is None:
         raise NotFound(f"job '{job_id}' not found (unknown or past its retention)")

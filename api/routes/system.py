@@ -6,7 +6,8 @@ from typing import Any
 
 import redis.exceptions as rex
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .jobs import DirectoryDep
 
@@ -37,6 +38,14 @@ async def readyz(request: Request) -> JSONResponse:
         status_code=200 if ok else 503,
         headers=headers,
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of genq_* metrics (docs/METRICS.md). Unauthenticated, like
+    vLLM's: expose the API port to your Prometheus, or keep /metrics off the public ingress."""
+    body = await request.app.state.metrics.render(request.app.state)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models")

@@ -1,5 +1,6 @@
 -- Create a queued job, or return the job an Idempotency-Key already names.
--- KEYS[7] idempotency key (ignored when ARGV[3] == '0'); KEYS[8] owner's job index (zset)
+-- KEYS[7] idempotency key (ignored when ARGV[3] == '0'); KEYS[8] owner's job index (zset);
+-- KEYS[9] (optional) the all-owners job index (zset), for admin listing
 -- ARGV[1] job id; ARGV[2] body hash; ARGV[3] idempotency ttl (s, '0' = no key);
 -- ARGV[4] created_at; ARGV[5] index horizon (entries older are trimmed); ARGV[6..] field pairs
 -- Returns {1, id} when created, {0, existing id, existing body hash} otherwise.
@@ -17,4 +18,8 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+if KEYS[9] then
+  redis.call('ZADD', KEYS[9], ARGV[4], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[5])
+end
 return {1, ARGV[1]}

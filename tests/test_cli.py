@@ -1,0 +1,95 @@
+"""The genq CLI as a user runs it (subprocess) against the sim stack: help texts, `genq jobs`
+list/show/cancel/follow and `genq chat`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.stack import ROOT, Stack, submit, wait_job
+
+SUBCOMMANDS = ["up", "api", "worker", "chat", "jobs", "fetch-model"]
+
+
+def genq(*args: str, url: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env_url = ["--url", url] if url else []
+    return subprocess.run(
+        [sys.executable, "-m", "genq.cli", *args, *env_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_top_level_help_lists_every_command_with_examples() -> None:
+    out = genq("--help").stdout
+    for cmd in SUBCOMMANDS:
+        assert f"\n  {cmd} " in out, cmd
+    assert "examples:" in out and "genq jobs follow" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[c, "--help"] for c in SUBCOMMANDS]
+    + [["jobs", a, "--help"] for a in ("list", "show", "cancel", "follow")],
+)
+def test_every_subcommand_help_has_options_and_an_example(args: list[str]) -> None:
+    r = genq(*args)
+    assert r.returncode == 0, r.stderr
+    assert "options:" in r.stdout
+    assert "example" in r.stdout, r.stdout
+
+
+def test_jobs_list_show_follow(sim_stack: Stack) -> None:
+    with sim_stack.client() as c:
+        job = submit(c, {"prompt": "cli", "params": {"max_tokens": 6}})
+        wait_job(c, job["id"])
+    r = genq("jobs", "list", "--json", "--limit", "50", url=sim_stack.url)
+    assert r.returncode == 0, r.stderr
+    assert job["id"] in {j["id"] for j in json.loads(r.stdout)}
+    r = genq("jobs", "list", "--status", "succeeded", url=sim_stack.url)
+    assert r.returncode == 0 and job["id"][:12] in r.stdout and "succeeded" in r.stdout
+    r = genq("jobs", "show", job["id"], url=sim_stack.url)
+    assert r.returncode == 0 and "tok0 tok1 tok2 tok3 tok4 tok5" in r.stdout
+    r = genq("jobs", "show", job["id"], "--json", url=sim_stack.url)
+    assert json.loads(r.stdout)["status"] == "succeeded"
+    r = genq("jobs", "follow", job["id"], url=sim_stack.url)
+    assert r.returncode == 0
+    assert r.stdout.strip() == "tok0 tok1 tok2 tok3 tok4 tok5"
+    assert job["id"] in r.stderr and "succeeded" in r.stderr
+    r = genq("jobs", "follow", job["id"], "--after", "3", url=sim_stack.url)
+    assert r.stdout.strip() == "tok4 tok5"
+    r = genq("jobs", "show", "job_nope", url=sim_stack.url)
+    assert r.returncode != 0 and "404" in r.stderr
+
+
+def test_jobs_cancel_and_follow_exit_status(sim_stack: Stack) -> None:
+    with sim_stack.client() as c:
+        job = submit(c, {"prompt": "long", "params": {"max_tokens": 5000}})
+    r = genq("jobs", "cancel", job["id"], url=sim_stack.url)
+    assert r.returncode == 0 and "cancelled" in r.stdout
+    r = genq("jobs", "cancel", job["id"], url=sim_stack.url)
+    assert r.returncode != 0 and "already cancelled" in r.stderr
+    r = genq("jobs", "follow", job["id"], url=sim_stack.url)
+    assert r.returncode == 1 and "cancelled" in r.stderr
+
+
+def test_chat_one_shot_and_interactive(sim_stack: Stack) -> None:
+    r = genq("chat", "hello there", "--max-tokens", "3", "-v", url=sim_stack.url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "tok0 tok1 tok2"
+    assert "job_" in r.stderr and "3 tokens" in r.stderr and "TTFT" in r.stderr
+    p = subprocess.run(
+        [sys.executable, "-m", "genq.cli", "chat", "--max-tokens", "2", "--url", sim_stack.url],
+        cwd=ROOT,
+        input="first\nsecond\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("tok0 tok1") == 2

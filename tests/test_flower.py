@@ -1,0 +1,132 @@
+"""What Flower (and anyone reading the broker) sees of a job: per-model task names, sizes
+and params, never the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import redis as sync_redis
+
+from api.enqueue import Enqueuer
+from common.jobstore import JobStore, redis_from_url
+from common.models import JobRequest
+from common.settings import Settings
+from common.taskspec import job_id_from_message, queue_lists
+from genq.redis_server import LocalRedis, free_port
+from tests.stack import DEFAULT_MODEL, ROOT, Stack, submit, wait_job
+
+SECRET = "zebra-quartz-7781 my bank pin"
+
+
+def test_celery_message_holds_no_prompt(redis_server: LocalRedis) -> None:
+    model = "msg-test-model"
+    settings = Settings(redis_url=redis_server.url)
+    req = JobRequest(
+        messages=[
+            {"role": "system", "content": "be brief " + SECRET},
+            {"role": "user", "content": SECRET},
+        ],
+        params={"max_tokens": 42, "temperature": 0.3},
+    )
+
+    async def send() -> str:
+        r = redis_from_url(settings.redis_url)
+        enq = Enqueuer(settings, r)
+        try:
+            job_id, _, _ = await JobStore(r).create(req, model=model)
+            await enq.send(job_id, model, req)
+            return job_id
+        finally:
+            enq.close()
+            await r.aclose()
+
+    job_id = asyncio.run(send())
+    r = sync_redis.Redis.from_url(redis_server.url)
+    raw = [m for q in queue_lists(model) for m in r.lrange(q, 0, -1)]
+    r.close()
+    assert len(raw) == 1
+    envelope = json.loads(raw[0])
+    body = base64.b64decode(envelope["body"]).decode()
+    for part in (raw[0].decode(), body):
+        assert "zebra" not in part and "bank pin" not in part
+    args, kwargs, _ = json.loads(body)
+    assert args == [job_id]
+    assert kwargs == {
+        "model": model,
+        "input": "messages",
+        "input_size": 2,
+        "max_tokens": 42,
+        "temperature": 0.3,
+        "priority": 5,
+    }
+    headers = envelope["headers"]
+    assert headers["id"] == job_id  # the Celery task id is the job id
+    assert headers["task"] == "genq.generate"
+    assert headers["shadow"] == f"genq.generate:{model}"
+    assert headers["argsrepr"] == repr([job_id])
+    assert "input_size" in headers["kwargsrepr"] and "zebra" not in headers["kwargsrepr"]
+    assert job_id_from_message(raw[0]) == job_id
+
+
+@pytest.fixture
+def flower(sim_stack: Stack) -> object:
+    port = free_port()
+    env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}
+    log = open(sim_stack.tmp / "flower.log", "ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "--broker",
+            sim_stack.redis.url,
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/healthcheck", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "flower did not start"
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_flower_shows_model_and_sizes_not_prompt(sim_stack: Stack, flower: str) -> None:
+    time.sleep(1.0)  # Flower's event receiver connects
+    with sim_stack.client() as c:
+        job = submit(c, {"prompt": SECRET, "params": {"max_tokens": 3}})
+        wait_job(c, job["id"])
+    deadline = time.monotonic() + 20
+    while True:
+        tasks = httpx.get(flower + "/api/tasks", timeout=5).json()
+        task = tasks.get(job["id"])
+        if task and task.get("state") == "SUCCESS":
+            break
+        assert time.monotonic() < deadline, f"Flower never saw {job['id']}: {list(tasks)[:5]}"
+        time.sleep(0.3)
+    assert task["name"] == f"genq.generate:{DEFAULT_MODEL}"
+    assert task["args"] == repr([job["id"]])
+    assert f"'model': '{DEFAULT_MODEL}'" in task["kwargs"]
+    assert f"'input_size': {len(SECRET)}" in task["kwargs"]
+    assert "zebra" not in json.dumps(tasks)
