@@ -48,6 +48,7 @@ def job_keys(job_id: str) -> list[str]:
         keys.job_text(job_id),
         keys.events(job_id),
         keys.RUNNING,
+        keys.QUEUED,
     ]
 
 
@@ -148,6 +149,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.owner_jobs(owner), job_id)
+        pipe.zrem(keys.QUEUED, job_id)
         pipe.zrem(keys.ALL_JOBS, job_id)
         if idempotency_key:
             pipe.delete(keys.idempotency(owner, idempotency_key))

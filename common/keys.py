@@ -8,7 +8,9 @@
     genq:workers             hash   worker id -> JSON heartbeat (model, max_model_len, ...)
     genq:worker:{wid}:jobs   set    jobs a worker has claimed and not finished (for the reaper)
     genq:running             zset   running job ids scored by claim time (for the reaper)
+    genq:queued              zset   queued job ids by (re)queue time (to find lost messages)
     genq:requeued            zset   jobs requeue.lua put back, until their message is re-sent
+    genq:bury:{wid}          string lock: the reaper handling a dead worker's messages
     genq:idem:{owner}:{key}  string idempotency key -> job id
     genq:jobs:{owner}        zset   a key owner's job ids by creation time (listing)
     genq:index:jobs          zset   every job id by creation time, all owners (admin listing;
@@ -42,7 +44,14 @@ CANCEL_CHANNEL = f"{PREFIX}:cancel"
 WORKERS = f"{PREFIX}:workers"
 RUNNING = f"{PREFIX}:running"
 REQUEUED = f"{PREFIX}:requeued"
+QUEUED = f"{PREFIX}:queued"
 ALL_JOBS = f"{PREFIX}:index:jobs"
+
+
+def bury_lock(worker_id: str) -> str:
+    return f"{PREFIX}:bury:{worker_id}"
+
+
 QUEUE_PREFIX = "genq."
 
 

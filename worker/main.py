@@ -195,10 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     from worker.host import EngineHost
 
     app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
-    if args.engine == "vllm":
-        from worker.parent_death import die_with_parent
-
-        die_with_parent()  # the EngineCore child must not outlive a SIGKILLed worker
     engine = build_engine(args)
     host = EngineHost(
         engine,
@@ -211,6 +207,13 @@ def main(argv: list[str] | None = None) -> None:
         "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
     )
     host.start()
+    if args.engine == "vllm":
+        from worker.parent_death import watch_engine_processes
+
+        # vLLM's EngineCore is a child process: it must not outlive a SIGKILLed worker.
+        log.info(
+            "worker %s: %d engine process(es) watched", host.worker_id, watch_engine_processes()
+        )
     attach_host(host)
     if args.health_port:
         from worker.health import serve_health

@@ -4,6 +4,7 @@
 --   KEYS[3] genq:job:{id}:text   string: output so far
 --   KEYS[4] genq:events:{id}     pubsub channel of the job
 --   KEYS[5] genq:running         zset: running job ids by claim time
+--   KEYS[6] genq:queued          zset: queued job ids by the time they were (re)queued
 -- A terminal state never changes: `finish` is only called after the caller checked the
 -- current status, and every script refuses to move a terminal job.
 
@@ -21,5 +22,6 @@ local function finish(id, status, now, retention, fields)
   redis.call('EXPIRE', KEYS[2], retention)
   redis.call('EXPIRE', KEYS[3], retention)
   redis.call('ZREM', KEYS[5], id)
+  redis.call('ZREM', KEYS[6], id)
   redis.call('PUBLISH', KEYS[4], cjson.encode({['end'] = status}))
 end
