@@ -24,6 +24,8 @@ class Caller:
 
     owner: str
     admin: bool = False
+    # Priority for jobs that omit one (GENQ_KEY_PRIORITIES); None = the JobRequest default.
+    default_priority: int | None = None
 
 
 # These accessors are `async def` on purpose: FastAPI runs a plain `def` dependency in a
@@ -69,7 +71,9 @@ async def get_caller(request: Request) -> Caller:
     admin = _match(digest, admin_keys)
     if not admin and not _match(digest, user_keys):
         raise Unauthorized("invalid API key")
-    caller = Caller(owner="k" + digest[:16], admin=admin)
+    caller = Caller(
+        owner="k" + digest[:16], admin=admin, default_priority=settings.priority_for_key(digest)
+    )
     if settings.rate_limit_per_s and not admin:
         await _rate_limit(request, caller.owner, settings.rate_limit_per_s)
     return caller

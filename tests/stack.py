@@ -196,12 +196,26 @@ class Stack:
     def stop(self) -> None:
         for w in self.workers:
             w.kill()
-            # vLLM's EngineCore and its worker are children of the worker process and outlive
-            # a SIGKILL of it (~2 GB each): end the worker's whole session (process group).
+        if not self.owns_redis and self.workers:
+            # A shared Redis outlives this stack: drop its killed workers' heartbeats now,
+            # rather than leave them "alive" for worker_ttl_s in other tests' /v1/models.
+            import redis as sync_redis
+
+            from common import keys
+
+            ids = [
+                w.args[w.args.index("--worker-id") + 1]
+                for w in self.workers
+                if "--worker-id" in w.args
+            ]
+            r = sync_redis.Redis.from_url(self.redis.url)
             try:
-                os.killpg(w.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                if ids:
+                    r.hdel(keys.WORKERS, *ids)
+            except sync_redis.RedisError:
                 pass
+            finally:
+                r.close()
         if self.api:
             self.api.term(10)
         if self.owns_redis:

@@ -38,9 +38,15 @@ class SimulatedEngine:
         max_model_len: int = 4096,
         default_max_tokens: int = 16,
         stamp: bool = False,
+        lora_adapters: list[str] | None = None,
     ):
+        # Adapter names are only advertised (routing tests); the double has no weights.
         self.info = EngineInfo(
-            model=model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kind="simulated"
+            model=model,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            kind="simulated",
+            lora_adapters=sorted(lora_adapters or []),
         )
         self.step_s = step_s
         self.tokens_per_step = tokens_per_step
