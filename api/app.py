@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,12 +13,15 @@ from common.jobstore import JobStore, redis_from_url
 from common.settings import Settings, get_settings
 
 from . import errors
+from .batches import BatchRunner, BatchStore
 from .enqueue import Enqueuer
+from .files import FileStore
 from .limits import BodySizeLimit
 from .metrics import ApiMetrics, RequestMetrics
 from .models_directory import ModelDirectory
 from .relay import StreamRelay
-from .routes import admin, jobs, openai, playground, system
+from .routes import admin, batches, jobs, openai, playground, system
+from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("genq.api")
 
@@ -47,11 +51,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         st.directory = ModelDirectory(settings, redis)
         st.hashed_keys = settings.hashed_api_keys()
         st.hashed_admin_keys = settings.hashed_admin_keys()
+        # Batch API and webhooks (issue 8): their state is in Redis; these passes only move it
+        # on, in every API process (short Redis leases keep them from doubling work).
+        st.files = FileStore(redis, settings.file_retention_s)
+        st.batches = BatchStore(redis, st.files, st.directory, settings)
+        runner = BatchRunner(redis, store, st.files, st.enqueuer, st.directory, settings)
+        dispatcher = WebhookDispatcher(redis, store, settings)
         await relay.start()
+        background = [
+            asyncio.create_task(runner.run(), name="genq-batches"),
+            asyncio.create_task(dispatcher.run(), name="genq-webhooks"),
+        ]
         log.info("genq API up; Redis at %s", settings.redacted_redis_url)
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await relay.stop()
             st.enqueuer.close()
             await relay_redis.aclose()
@@ -67,9 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(openai.router)
+    app.include_router(batches.router)
     app.include_router(admin.router)
     app.include_router(playground.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        path_limits={"/v1/files": settings.max_file_bytes + 64 * 1024},  # + multipart framing
+    )
     # Outermost, so it also counts the 413s of BodySizeLimit.
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -47,6 +47,17 @@ class ModelDirectory:
             )
         if need_worker:
             raise NoWorker(
-                f"no live worker serves model '{model}' right now", param="model", retry_after=5
+                f"no live worker serves model '{model}' right now (it is configured, but every "
+                f"worker for it is down or starting); retry later, or submit it as a job to "
+                f"POST /v1/jobs, where it waits in the queue",
+                param="model",
+                retry_after=5,
             )
         return model
+
+    async def base_model(self, model: str) -> str | None:
+        """For a LoRA adapter name: the served model whose workers hold it (its queue is
+        where the job goes). None for a plain model name."""
+        workers = (await self.served()).get(model, [])
+        bases = sorted({w.model for w in workers if w.model != model})
+        return bases[0] if bases and not any(w.model == model for w in workers) else None

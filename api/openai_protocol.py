@@ -205,12 +205,11 @@ class _SamplingBody(OpenAIModel):
         if self.user:
             metadata["user"] = self.user
         try:
-            return JobRequest(
-                model=self.model,
-                priority=self.priority,
-                metadata=metadata,
-                **inputs,
-            )
+            # Only a priority the body names: an omitted one leaves the API key's default
+            # (GENQ_KEY_PRIORITIES) to apply.
+            if "priority" in self.model_fields_set:
+                inputs["priority"] = self.priority
+            return JobRequest(model=self.model, metadata=metadata, **inputs)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = [str(p) for p in err.get("loc", ()) if p != "params"]

@@ -233,7 +233,9 @@ class StreamRelay:
             except TimeoutError:
                 yield RelayError("redis_unavailable", "could not subscribe to the job's events")
                 return
-            pipe = self.redis.pipeline(transaction=True)
+            # The store's (large, blocking) pool: the relay's own client only holds the
+            # pub/sub connection, and its small default pool ran out under bursts of opens.
+            pipe = self.store.redis.pipeline(transaction=True)
             pipe.lrange(keys.job_log(job_id), after_seq + 1 if deltas else -1, -1)
             pipe.hget(keys.job(job_id), "status")
             backlog, status = await pipe.execute()

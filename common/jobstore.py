@@ -24,7 +24,7 @@ from common.errors import Conflict
 from common.models import JobError, JobRecord, JobRequest, Usage
 from common.states import JobStatus
 
-_FIELDS_JSON = ("usage", "error", "metadata", "request")
+_FIELDS_JSON = ("usage", "error", "metadata", "request", "webhook_deliveries")
 
 
 def _load(name: str) -> str:
@@ -48,6 +48,7 @@ def job_keys(job_id: str) -> list[str]:
         keys.job_text(job_id),
         keys.events(job_id),
         keys.RUNNING,
+        keys.QUEUED,
     ]
 
 
@@ -91,6 +92,7 @@ class JobStore:
         idempotency_key: str | None = None,
         body_digest: str = "",
         job_id: str | None = None,
+        base_model: str | None = None,
     ) -> tuple[str, float, bool]:
         """Store a queued job. Returns (id, created_at, created). created is False when the
         Idempotency-Key names an existing job with the same body; another body -> Conflict."""
@@ -112,6 +114,12 @@ class JobStore:
             fields["expires_at"] = repr(now + request.queue_ttl_s)
         if request.timeout_s:
             fields["timeout_s"] = repr(request.timeout_s)
+        if request.retention_s:
+            fields["retention_s"] = request.retention_s  # read by finish() in _prelude.lua
+        if request.webhook:
+            fields["webhook"] = request.webhook.model_dump_json()
+        if base_model:
+            fields["base_model"] = base_model
         argv: list[Any] = [
             job_id,
             body_digest,
@@ -141,6 +149,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.owner_jobs(owner), job_id)
+        pipe.zrem(keys.QUEUED, job_id)
         pipe.zrem(keys.ALL_JOBS, job_id)
         if idempotency_key:
             pipe.delete(keys.idempotency(owner, idempotency_key))
@@ -170,17 +179,42 @@ class JobStore:
         return [r if isinstance(r, bytes) else r.encode() for r in raw]
 
     async def list_jobs(
-        self, owner: str, *, limit: int = 50, status: str | None = None
+        self,
+        owner: str,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        metadata: dict[str, str] | None = None,
+        scan_limit: int = 20_000,
     ) -> list[JobRecord]:
-        ids = await self.redis.zrevrange(keys.owner_jobs(owner), 0, max(limit * 4, 200) - 1)
+        """The owner's jobs, newest first, filtered by status and metadata (every given
+        key must match). Scans the owner's index page by page, reading only status and
+        metadata until a job matches, and at most `scan_limit` of the newest ids."""
         out: list[JobRecord] = []
-        for raw_id in ids:
-            rec = await self.get(_s(raw_id), with_request=False)
-            if rec is None or (status and rec.status.value != status):
-                continue
-            out.append(rec)
-            if len(out) >= limit:
+        page = max(limit * 4, 200)
+        for start in range(0, scan_limit, page):
+            ids = [
+                _s(x)
+                for x in await self.redis.zrevrange(keys.owner_jobs(owner), start, start + page - 1)
+            ]
+            if not ids:
                 break
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), "status", "metadata")
+            for job_id, (st, meta) in zip(ids, await pipe.execute(), strict=True):
+                if st is None or (status and _s(st) != status):
+                    continue
+                if metadata:
+                    have = json.loads(meta) if meta else {}
+                    if any(have.get(k) != v for k, v in metadata.items()):
+                        continue
+                rec = await self.get(job_id, with_request=False)
+                if rec is None:
+                    continue
+                out.append(rec)
+                if len(out) >= limit:
+                    return out
         return out
 
     async def list_all(
@@ -354,6 +388,7 @@ def record_from_hash(
         id=raw["id"],
         status=JobStatus(raw["status"]),
         model=raw.get("model", ""),
+        base_model=raw.get("base_model") or None,
         created_at=float(raw["created_at"]),
         started_at=_f(raw, "started_at"),
         first_token_at=_f(raw, "first_token_at"),
@@ -366,6 +401,7 @@ def record_from_hash(
         error=JobError(**decoded["error"]) if "error" in decoded else None,
         priority=int(raw.get("priority") or 5),
         metadata=decoded.get("metadata"),
+        webhook_deliveries=decoded.get("webhook_deliveries"),
         request=JobRequest(**decoded["request"]) if with_request and "request" in decoded else None,
     )
 
@@ -380,4 +416,12 @@ def redis_from_url(url: str, **kw: Any) -> aioredis.Redis:
         "retry_on_timeout": False,
     }
     opts.update(kw)
+    if "max_connections" in opts:
+        # redis-py's default pool raises "Too many connections" the moment it is exhausted
+        # (seen with a few hundred SSE streams opening at once); a blocking pool makes a
+        # burst wait for a free connection instead (up to pool_timeout), never a 500.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, timeout=opts.pop("pool_timeout", 10.0), **opts
+        )
+        return aioredis.Redis(connection_pool=pool)
     return aioredis.Redis.from_url(url, **opts)

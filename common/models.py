@@ -63,6 +63,31 @@ class SamplingParams(BaseModel):
         return data
 
 
+WebhookEvent = Literal["started", "completed"]
+
+
+class WebhookSpec(BaseModel):
+    """Where and when to POST a job's lifecycle events (signed; see api/webhooks.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list[WebhookEvent](["completed"]), min_length=1, max_length=2
+    )
+
+
+class WebhookDelivery(BaseModel):
+    """One delivery attempt of one webhook event, as shown on the job record."""
+
+    event: WebhookEvent
+    attempt: int
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+    state: Literal["delivered", "retrying", "failed"]
+
+
 class JobRequest(BaseModel):
     """Body of POST /v1/jobs. Exactly one of messages, prompt, prompt_token_ids."""
 
@@ -79,6 +104,10 @@ class JobRequest(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
     queue_ttl_s: float | None = Field(None, gt=0, le=7 * 86400)
     metadata: dict[str, str] | None = Field(None, max_length=16)
+    webhook: WebhookSpec | None = None
+    retention_s: int | None = Field(
+        None, ge=1, le=30 * 86400, description="Keep the record this long after the job ends"
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> JobRequest:
@@ -139,6 +168,8 @@ class JobRecord(BaseModel):
     object: Literal["job"] = "job"
     status: JobStatus
     model: str
+    # Set when `model` is a LoRA adapter: the served model whose workers hold the adapter.
+    base_model: str | None = None
     created_at: float
     started_at: float | None = None
     first_token_at: float | None = None
@@ -151,6 +182,7 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     priority: int = 5
     metadata: dict[str, str] | None = None
+    webhook_deliveries: list[WebhookDelivery] | None = None
     request: JobRequest | None = None
 
     @property

@@ -40,7 +40,33 @@ class Settings(BaseSettings):
     worker_ttl_s: float = Field(10.0, gt=0, description="A worker silent this long is dead")
     sse_queue_size: int = Field(1024, ge=16, description="Events buffered per slow SSE client")
     sse_keepalive_s: float = Field(15.0, gt=0)
+    fast_enqueue: bool = Field(
+        True, description="LPUSH Celery's message directly (false: Celery send_task)"
+    )
     public_url: str = Field("", description="Base URL put in job links; default: request URL")
+    key_priorities: dict[str, int] = Field(
+        default_factory=dict,
+        description="API key sha256 hex prefix -> default job priority (0..9) for requests "
+        "that omit `priority`; the longest matching prefix wins",
+    )
+    webhook_secret: str = Field(
+        "", repr=False, description="HMAC secret for webhook signatures (whsec_<base64> or raw)"
+    )
+    webhook_max_attempts: int = Field(6, ge=1, description="Deliveries tried per webhook event")
+    webhook_backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay; doubles per attempt (capped at 10 min)"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Per-delivery HTTP timeout")
+    max_file_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest /v1/files upload (files live in Redis)"
+    )
+    file_retention_s: int = Field(
+        7 * 86400, ge=60, description="How long files and finished batches are kept"
+    )
+    batch_max_lines: int = Field(50_000, ge=1, description="Requests per batch input file")
+    background_tick_s: float = Field(
+        0.5, gt=0, description="How often an API process runs batch and webhook passes"
+    )
     log_level: str = "INFO"
 
     @property
@@ -52,6 +78,15 @@ class Settings(BaseSettings):
 
     def hashed_admin_keys(self) -> set[str]:
         return {hash_key(k) for k in self.admin_keys}
+
+    def priority_for_key(self, digest: str) -> int | None:
+        """The default priority configured for an API key (by its sha256 hex digest)."""
+        best: tuple[int, int] | None = None
+        for prefix, prio in self.key_priorities.items():
+            p = prefix.removeprefix("sha256:").lower()
+            if p and digest.startswith(p) and (best is None or len(p) > best[0]):
+                best = (len(p), prio)
+        return None if best is None else max(0, min(9, best[1]))
 
 
 def hash_key(key: str) -> str:

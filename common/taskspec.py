@@ -37,6 +37,11 @@ def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
     }
 
 
+# kombu's Redis transport keeps every delivered, not yet acked message in this hash (its
+# default `unacked_key`), keyed by delivery tag, until the consumer acks it.
+UNACKED_KEY = "unacked"
+
+
 def queue_lists(model: str) -> list[str]:
     """The Redis lists that together hold a model's queued Celery messages."""
     q = keys.queue_for_model(model)

@@ -16,6 +16,7 @@ commands:
   worker       run one GPU/CPU worker hosting a vLLM engine
   chat         ask a question through the API and stream the answer (interactive without one)
   jobs         list, show, cancel and follow jobs (list/show/cancel/follow)
+  bench        serving benchmark (vLLM's metrics), optionally against a bare AsyncLLM
   fetch-model  download and convert the default model (SmolLM2-135M-Instruct)
 
 examples:
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         from genq.jobs_cli import main as jobs_main
 
         jobs_main(rest)
+    elif cmd == "bench":
+        from genq.bench import main as bench_main
+
+        bench_main(rest)
     elif cmd == "fetch-model":
         from worker.default_model import main as fetch_main
 

@@ -44,6 +44,12 @@ def engine_stack(session_tmp: Path) -> Iterator[Stack]:
     whole session (it takes ~30 s to start)."""
     if os.environ.get("GENQ_SKIP_ENGINE"):
         pytest.skip("GENQ_SKIP_ENGINE is set")
+    from tests.lora_adapter import LORA_NAME, write_random_lora
+    from worker.default_model import ensure_default_model
+
+    # The worker also serves a small random LoRA adapter (tests/test_lora_engine.py), so the
+    # session needs no second real engine for it.
+    adapter = write_random_lora(session_tmp / "lora", ensure_default_model())
     s = Stack(session_tmp / "engine")
     s.worker_health_port = free_port()  # the worker's /metrics (tests/test_metrics.py)
     try:
@@ -53,6 +59,10 @@ def engine_stack(session_tmp: Path) -> Iterator[Stack]:
             "32",
             "--health-port",
             str(s.worker_health_port),
+            "--max-lora-rank",
+            "8",
+            "--lora-modules",
+            f"{LORA_NAME}={adapter}",
             engine="vllm",
             timeout=600,
         )

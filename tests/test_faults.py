@@ -191,6 +191,37 @@ def test_messages_a_dead_worker_received_but_never_claimed_are_recovered(stack: 
     assert stack.running_jobs() == []
 
 
+def test_message_popped_by_a_worker_that_died_before_recording_it_is_resent(
+    stack: Stack,
+) -> None:
+    """kombu takes a message off the queue with BRPOP and only then records it as unacked:
+    a worker killed in between takes the message with it, and nothing in Celery brings it
+    back. When a worker is buried, the reaper re-sends queued jobs whose message exists
+    nowhere (genq:queued against the queue lists and the unacked hash)."""
+    import json as _json
+
+    with stack.client() as c:
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 3}})
+        r = stack.redis_client()
+        lists = [q for q in queue_lists(DEFAULT_MODEL) if r.llen(q)]
+        assert len(lists) == 1 and job["id"].encode() in r.lindex(lists[0], 0)
+        r.rpop(lists[0])  # what BRPOP does; the "worker" then dies before recording it
+        assert queued_messages(stack) == 0 and r.hlen("unacked") == 0
+        ghost = {"id": "ghost", "model": DEFAULT_MODEL, "max_model_len": 4096,
+                 "max_num_seqs": 8, "in_flight": 0, "ready": True, "started_at": 0,
+                 "heartbeat_at": time.time() - 60, "hostname": "x"}  # fmt: skip
+        r.hset(keys.WORKERS, "ghost", _json.dumps(ghost))
+        r.close()
+        stack.start_worker()
+        rec = wait_job(c, job["id"], timeout=30)
+        assert rec["status"] == "succeeded" and rec["attempts"] == 1
+    assert f"job {job['id']} is queued but its message is gone" in stack.worker_logs()
+    r = stack.redis_client()
+    assert r.zcard(keys.QUEUED) == 0  # the index holds only queued jobs
+    r.close()
+    assert stack.running_jobs() == []
+
+
 def test_reaper_dying_before_its_resend_strands_nothing(stack: Stack) -> None:
     """requeue.lua ran (the job is `queued` again) but the reaper's process died before it
     re-sent the message: no message exists anywhere. Another reaper must re-send it."""

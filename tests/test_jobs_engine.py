@@ -218,5 +218,6 @@ def test_stop_string(engine_stack: Stack) -> None:
 
 def test_models_lists_the_default_model(engine_stack: Stack) -> None:
     data = httpx.get(engine_stack.url + "/v1/models").json()["data"]
-    assert [m["id"] for m in data] == ["SmolLM2-135M-Instruct"]
+    # The shared engine worker also serves the session's LoRA adapter (conftest.py).
+    assert [m["id"] for m in data] == ["SmolLM2-135M-Instruct", "smol-lora"]
     assert data[0]["max_model_len"] == 2048

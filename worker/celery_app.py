@@ -113,7 +113,8 @@ def resend_task(app: Celery) -> Any:
             shadow=shadow_name(record.model),
             argsrepr=repr([record.id]),
             kwargsrepr=repr(kwargs),
-            queue=keys.queue_for_model(record.model),
+            # A LoRA job's record names the adapter; its queue is the base model's.
+            queue=keys.queue_for_model(record.base_model or record.model),
             priority=record.priority,
         )
 

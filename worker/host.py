@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ from common.logs import bind_job
 from common.models import JobError, JobRecord, Usage, WorkerInfo
 from common.settings import Settings
 from common.states import JobStatus
+from common.taskspec import UNACKED_KEY, queue_lists
 from common.workers import live_workers
 from worker import metrics
 from worker.engine import EngineClient, EngineError
@@ -100,7 +102,10 @@ class EngineHost:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
-        self.redis = redis_from_url(self.settings.redis_url)
+        # Every in-flight job claims, reads and finishes through this client: a pool smaller
+        # than the job concurrency raised "Too many connections" at 256 jobs (seen on a GPU);
+        # a blocking pool makes bursts wait for a connection instead.
+        self.redis = redis_from_url(self.settings.redis_url, max_connections=256)
         self.store = JobStore(
             self.redis,
             retention_s=self.settings.retention_s,
@@ -231,7 +236,9 @@ class EngineHost:
                     tokens_metric.inc(out.new_tokens)
                     prompt_tokens = out.prompt_tokens or prompt_tokens
                     completion_tokens += out.new_tokens
-                    if out.text or out.logprobs:
+                    # Without a tokenizer (--skip-tokenizer-init) text is empty: still
+                    # stream the step, so clients see progress and timing per token.
+                    if out.text or out.logprobs or out.new_tokens:
                         self.publisher.add(
                             job_id, out.text, out.new_tokens, prompt_tokens, out.logprobs
                         )
@@ -409,7 +416,7 @@ async def reap_dead_workers(
     the Celery messages they held unclaimed. Safe to run in every worker at once: the one
     whose HDEL removes a dead worker's heartbeat handles its messages, requeue.lua moves
     each job once, and only its winner re-sends."""
-    await _bury_dead_workers(store, settings, restore_unacked)
+    await _bury_dead_workers(store, settings, restore_unacked, resend)
     await _resend_stranded(store, settings, resend)
     running = await store.redis.zrange(keys.RUNNING, 0, -1)
     if not running:
@@ -458,26 +465,70 @@ async def resend_job(store: JobStore, job_id: str, resend: ResendFn | None) -> N
 
 
 async def _bury_dead_workers(
-    store: JobStore, settings: Settings, restore_unacked: RestoreFn | None
+    store: JobStore,
+    settings: Settings,
+    restore_unacked: RestoreFn | None,
+    resend: ResendFn | None,
 ) -> None:
-    """Remove the heartbeat of each worker silent for longer than the TTL; whoever removes
-    it (HDEL is atomic) puts the unacked Celery messages back (see restore_unacked_task).
-    A worker that was only slow simply heartbeats itself back in."""
+    """For each worker silent for longer than the TTL, recover the Celery messages it may
+    have taken with it, then remove its heartbeat. One reaper handles a worker (a lock that
+    expires, so a reaper that dies half-way is replaced), and every step is safe to repeat:
+    a duplicate message is dropped by claim.lua. A worker that was only slow heartbeats
+    itself back in."""
     now = time.time()
     dead = [
-        w
+        _text(w)
         for w, blob in (await store.redis.hgetall(keys.WORKERS)).items()
         if now - WorkerInfo.model_validate_json(blob).heartbeat_at > settings.worker_ttl_s
     ]
     for wid in dead:
-        if not await store.redis.hdel(keys.WORKERS, wid):
-            continue  # another worker's reaper got it
-        log.warning(
-            "reaper: worker %s is dead (no heartbeat for %ss)", _text(wid), settings.worker_ttl_s
-        )
+        if not await store.redis.set(keys.bury_lock(wid), "1", nx=True, ex=30):
+            continue  # another worker's reaper is on it
+        log.warning("reaper: worker %s is dead (no heartbeat for %ss)", wid, settings.worker_ttl_s)
         if restore_unacked is not None:
             n = await asyncio.get_running_loop().run_in_executor(None, restore_unacked)
             log.warning("reaper: put %d unacked message(s) back on the queues", n)
+        if resend is not None:
+            await resend_lost_messages(store, resend)
+        await store.redis.hdel(keys.WORKERS, wid)
+
+
+_JOB_ID = re.compile(rb"job_[0-9a-f]{32}")
+
+
+async def resend_lost_messages(store: JobStore, resend: ResendFn, grace_s: float = 0.5) -> int:
+    """Re-send queued jobs whose Celery message exists nowhere: not in their model's queue
+    lists, not in kombu's unacked hash. A worker killed between BRPOP (the message leaves
+    Redis) and kombu recording it as unacked takes the message with it; nothing else would
+    ever bring it back. Runs when a worker is buried, so its cost (reading the queues) is
+    paid rarely. A job whose message is merely in flight (just created, or popped by a live
+    worker this instant) may get a duplicate, which claim.lua drops."""
+    queued = [
+        _text(x)
+        for x in await store.redis.zrangebyscore(keys.QUEUED, "-inf", time.time() - grace_s)
+    ]
+    if not queued:
+        return 0
+    pipe = store.redis.pipeline(transaction=False)
+    for job_id in queued:
+        pipe.hget(keys.job(job_id), "model")
+    models = {_text(m) for m in await pipe.execute() if m}
+    present: set[bytes] = set()
+    for raw in await store.redis.hvals(UNACKED_KEY):
+        present.update(_JOB_ID.findall(_bytes(raw)))
+    for model in models:
+        for name in queue_lists(model):
+            for raw in await store.redis.lrange(name, 0, -1):
+                present.update(_JOB_ID.findall(_bytes(raw)))
+    lost = [j for j in queued if j.encode() not in present]
+    for job_id in lost:
+        log.warning("reaper: job %s is queued but its message is gone; re-sending", job_id)
+        await resend_job(store, job_id, resend)
+    return len(lost)
+
+
+def _bytes(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode()
 
 
 def _text(v: Any) -> str:

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="LoRA adapters served under their own model names",
     )
+    e.add_argument(
+        "--scheduling-policy",
+        choices=["priority", "fcfs"],
+        default="priority",
+        help="engine admission order: 'priority' runs lower job priority values first "
+        "(FCFS among equals); 'fcfs' ignores priority",
+    )
     w = p.add_argument_group("worker")
     w.add_argument(
         "--concurrency",
@@ -114,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--sim-step-ms", type=float, default=10.0, help="simulated engine step")
     w.add_argument("--sim-tokens-per-step", type=int, default=1)
+    w.add_argument(
+        "--sim-stamp",
+        action="store_true",
+        help="simulated engine: append each step's emit time to its text (relay benchmark)",
+    )
     w.add_argument("--worker-id", default=None)
     w.add_argument(
         "--health-port",
@@ -139,6 +151,8 @@ def build_engine(args: argparse.Namespace) -> Any:
             tokens_per_step=args.sim_tokens_per_step,
             max_num_seqs=args.max_num_seqs or 256,
             max_model_len=args.max_model_len or 4096,
+            stamp=args.sim_stamp,
+            lora_adapters=[m.split("=", 1)[0] for m in args.lora_modules],
         )
     from common.settings import DEFAULT_MODEL_NAME
     from worker.vllm_engine import EngineOptions, VllmEngine
@@ -173,12 +187,22 @@ def build_engine(args: argparse.Namespace) -> Any:
             enable_lora=args.enable_lora or bool(loras),
             max_lora_rank=args.max_lora_rank,
             lora_modules=loras,
+            scheduling_policy=args.scheduling_policy,
         )
     )
 
 
+# How long a thread may hold the GIL before another that wants it gets it (Python's default:
+# 5 ms). The engine loop thread is busy nearly all the time under load, so Celery's consumer
+# thread waited up to 5 ms at each of its few GIL handoffs per message: on an H200 at 256
+# concurrent jobs, Celery's delivery (queued -> received) reached 290 ms p50 and capped
+# admitted jobs/s (docs/BENCHMARKS.md, "GPU").
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     settings = get_settings()
     setup_logging(settings.log_level)
     from common import keys
@@ -186,10 +210,6 @@ def main(argv: list[str] | None = None) -> None:
     from worker.host import EngineHost
 
     app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
-    if args.engine == "vllm":
-        from worker.parent_death import die_with_parent
-
-        die_with_parent()  # the EngineCore child must not outlive a SIGKILLed worker
     engine = build_engine(args)
     host = EngineHost(
         engine,
@@ -202,6 +222,13 @@ def main(argv: list[str] | None = None) -> None:
         "worker %s: starting engine (Redis at %s)", host.worker_id, settings.redacted_redis_url
     )
     host.start()
+    if args.engine == "vllm":
+        from worker.parent_death import watch_engine_processes
+
+        # vLLM's EngineCore is a child process: it must not outlive a SIGKILLed worker.
+        log.info(
+            "worker %s: %d engine process(es) watched", host.worker_id, watch_engine_processes()
+        )
     attach_host(host)
     if args.health_port:
         from worker.health import serve_health

@@ -1,45 +1,97 @@
-"""Children of a worker die with it, even when the worker is SIGKILLed.
+"""Engine processes die with their worker, even when the worker is SIGKILLed.
 
-vLLM runs its EngineCore (and, with several GPUs, its executor workers) in child processes.
+vLLM runs its EngineCore (and, with several GPUs, executor workers) in child processes.
 They are multiprocessing daemons, which only helps on a clean exit: after a SIGKILL (OOM
-killer, `kill -9`, a node agent) they would linger, holding GPU memory, while a replacement
-worker starts. Linux's PR_SET_PDEATHSIG makes the kernel SIGKILL a process when the thread
-that forked it exits; we arm it in every child forked from here on (vLLM forks unless CUDA
-is already initialised in the parent, which genq never does before the engine starts).
-Children that vLLM starts with `spawn` do not run fork hooks; in containers they die with
-the pod anyway.
+killer, `kill -9`, a node agent) they would linger, holding the GPU or the CPU KV cache,
+while a replacement worker starts. vLLM starts them with `spawn` (always on CPU, and on GPU
+once CUDA is initialised), so a fork-time hook such as PR_SET_PDEATHSIG cannot reach them.
+
+So the worker starts a tiny watcher process (`python -m worker.parent_death`) with a pipe on
+its stdin, and once the engine is up tells it the engine's processes (pid and start time,
+so a recycled pid is never hit). The worker never writes again; when it dies, by any means,
+the kernel closes the pipe, the watcher reads EOF and SIGKILLs whatever of those processes
+is still alive. On a clean shutdown vLLM has already stopped them and the watcher finds
+nothing to do. In Kubernetes the pod's death covers this too; the watcher is for bare hosts
+and for the worker container restarting alone.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
+from typing import IO
 
-log = logging.getLogger("genq.worker")
-
-_PR_SET_PDEATHSIG = 1
-_armed = False
+_watcher: subprocess.Popen[bytes] | None = None
 
 
-def _arm_in_child() -> None:
+def _start_time(pid: int) -> str | None:
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        pass  # no libc by that name: nothing to arm
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
 
 
-def die_with_parent() -> bool:
-    """Arm PR_SET_PDEATHSIG in every process forked from now on. Returns whether it could
-    (Linux only)."""
-    global _armed
-    if _armed:
-        return True
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (Linux /proc)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def watch_engine_processes() -> int:
+    """Hand this worker's current child processes to a watcher that kills them when the
+    worker dies. Call once the engine is up. Returns how many are watched (0 off Linux)."""
+    global _watcher
     if not sys.platform.startswith("linux"):
-        return False
-    os.register_at_fork(after_in_child=_arm_in_child)
-    _armed = True
-    return True
+        return 0
+    me = os.getpid()
+    pids = [p for p in descendants(me) if _start_time(p) is not None]
+    if not pids:
+        return 0
+    _watcher = subprocess.Popen(
+        [sys.executable, "-m", "worker.parent_death"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        close_fds=True,
+    )
+    assert _watcher.stdin is not None
+    lines = "".join(f"{p} {_start_time(p)}\n" for p in pids)
+    _watcher.stdin.write(lines.encode())
+    _watcher.stdin.flush()  # the pipe stays open (never closed here) until this process dies
+    return len(pids)
+
+
+def _watch(stdin: IO[bytes]) -> None:
+    watched: list[tuple[int, str]] = []
+    for raw in iter(stdin.readline, b""):  # returns at EOF: the worker is gone
+        pid_text, start_text = raw.decode().split()
+        watched.append((int(pid_text), start_text))
+    for pid, start in watched:
+        if _start_time(pid) == start:  # still the same process, not a recycled pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the worker, not for us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is a SIGTERM to the process group
+    _watch(sys.stdin.buffer)

@@ -3,7 +3,9 @@
 It is never what `make up` or the README runs. It batches like a continuous-batching engine
 (every running request gets `tokens_per_step` tokens each `step_s`, up to `max_num_seqs`
 requests at once; the rest wait), so tests of kills, cancels and overload, and the relay
-benchmark, run in seconds without model weights. Output text is "tok0 tok1 ...".
+benchmark, run in seconds without model weights. Output text is "tok0 tok1 ..."; with
+`stamp` each step's text also carries its emit time ("tok3@1764250000.123456"), so the relay
+benchmark can measure the latency the queue/relay layer adds per delta.
 
 TEST-DOUBLE FAULT DIRECTIVES (recognised ONLY by this simulated engine, never by vLLM): a raw
 `prompt` containing one of these makes the engine misbehave on purpose, so fault tests can
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import AsyncIterator
 
 from common.models import JobRequest
@@ -34,13 +37,21 @@ class SimulatedEngine:
         max_num_seqs: int = 256,
         max_model_len: int = 4096,
         default_max_tokens: int = 16,
+        stamp: bool = False,
+        lora_adapters: list[str] | None = None,
     ):
+        # Adapter names are only advertised (routing tests); the double has no weights.
         self.info = EngineInfo(
-            model=model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kind="simulated"
+            model=model,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            kind="simulated",
+            lora_adapters=sorted(lora_adapters or []),
         )
         self.step_s = step_s
         self.tokens_per_step = tokens_per_step
         self.default_max_tokens = default_max_tokens
+        self.stamp = stamp
         self._slots = asyncio.Semaphore(max_num_seqs)
         self._running: set[str] = set()
         self._waiting = 0
@@ -91,6 +102,8 @@ class SimulatedEngine:
                     words = [f"tok{made + i}" for i in range(n)]
                     made += n
                     text = "".join(" " + w if (made - n + i) else w for i, w in enumerate(words))
+                    if self.stamp:
+                        text += f"@{time.time():.6f}"
                     hit = next((s for s in stops if s in text), None)
                     if hit is not None:
                         yield EngineOutput(text[: text.index(hit)], n, prompt_tokens, True, "stop")

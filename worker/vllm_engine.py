@@ -47,6 +47,9 @@ class EngineOptions:
     seed: int | None = 0
     kv_cache_memory_bytes: int | None = None
     lora_modules: dict[str, str] | None = None
+    # vLLM honours a request's `priority` only under the "priority" policy (lower value
+    # first, FCFS among equals); "fcfs" ignores it.
+    scheduling_policy: str = "priority"
     extra: dict[str, Any] | None = None
 
 
@@ -105,6 +108,8 @@ class VllmEngine:
         )
         self._llm: Any = None
         self._tokenizer: Any = None
+        # Adapter name -> LoRARequest (int ids start at 1; 0 means "no adapter" to vLLM).
+        self._loras: dict[str, Any] = {}
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -123,6 +128,7 @@ class VllmEngine:
             skip_tokenizer_init=o.skip_tokenizer_init,
             enable_lora=o.enable_lora,
             seed=o.seed,
+            scheduling_policy=o.scheduling_policy,
             disable_log_stats=False,
             enable_log_requests=False,  # prompts are not logged (security)
         )
@@ -137,6 +143,8 @@ class VllmEngine:
             kwargs["kv_cache_memory_bytes"] = kv_bytes
         if o.enable_lora:
             kwargs["max_lora_rank"] = o.max_lora_rank
+            if o.lora_modules:
+                kwargs["max_loras"] = max(1, len(o.lora_modules))
         kwargs.update(o.extra or {})
         log.info("starting vLLM engine for %s (this loads the model; minutes on a GPU)", o.model)
         t0 = time.monotonic()
@@ -148,6 +156,14 @@ class VllmEngine:
         self.info.max_num_seqs = cfg.scheduler_config.max_num_seqs
         if not o.skip_tokenizer_init:
             self._tokenizer = self._llm.get_tokenizer()
+        if o.lora_modules:
+            from vllm.lora.request import LoRARequest
+
+            self._loras = {
+                name: LoRARequest(name, i, path, base_model_name=self.info.model)
+                for i, (name, path) in enumerate(sorted(o.lora_modules.items()), start=1)
+            }
+            self.info.lora_adapters = sorted(self._loras)
         log.info(
             "vLLM engine ready in %.1fs: model=%s max_model_len=%d max_num_seqs=%d",
             time.monotonic() - t0,
@@ -155,6 +171,11 @@ class VllmEngine:
             self.info.max_model_len,
             self.info.max_num_seqs,
         )
+
+    @property
+    def async_llm(self) -> Any:
+        """The bare AsyncLLM (the benchmark's direct baseline drives it with the same args)."""
+        return self._llm
 
     def _prompt(self, request: JobRequest) -> tuple[dict[str, Any], dict[str, Any] | None]:
         if request.prompt_token_ids is not None:
@@ -227,6 +248,9 @@ class VllmEngine:
                 request_id=job_id,
                 tokenization_kwargs=tok_kwargs,
                 priority=request.priority,
+                # A job whose model is one of our adapters runs with it; the API routed it
+                # here because this worker advertises the adapter in its heartbeat.
+                lora_request=self._loras.get(request.model or ""),
             ):
                 if prompt_tokens is None and out.prompt_token_ids is not None:
                     prompt_tokens = len(out.prompt_token_ids)

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
-from common.jobstore import JobStore, body_hash
+from common.jobstore import JobStore, body_hash, new_job_id
 from common.logs import bind_job
 from common.models import JobAccepted, JobRecord, JobRequest, JobUrls
 from common.states import JobStatus
 
+from .. import webhooks
 from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreDep
 from ..enqueue import Enqueuer
 from ..limits import check_prompt_fits
@@ -27,7 +28,7 @@ log = logging.getLogger("genq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def get_directory(request: Request) -> ModelDirectory:
+async def get_directory(request: Request) -> ModelDirectory:
     return request.app.state.directory  # type: ignore[no-any-return]
 
 
@@ -48,23 +49,38 @@ async def submit_job(
 ) -> tuple[str, float, bool]:
     """Admit, store and enqueue one job. Shared by the native and OpenAI-compatible routes.
     Returns (job id, created_at, created)."""
+    if caller.default_priority is not None and "priority" not in job.model_fields_set:
+        job.priority = caller.default_priority
     model = await directory.resolve(job.model, need_worker=need_worker)
     workers = (await directory.served()).get(model, [])
     check_prompt_fits(job, max((w.max_model_len for w in workers), default=None))
-    depth = await enqueuer.depth(model)
+    # A LoRA adapter runs on its base model's pool: queue by the base, keep the adapter name
+    # on the record and in the request (the worker picks the adapter from request.model).
+    base_model = await directory.base_model(model)
+    if base_model is not None:
+        job.model = model
+    queue_model = base_model or model
+    depth = await enqueuer.depth(queue_model)
     if depth >= max_queue_depth:
-        raise Overloaded(f"queue for model '{model}' is full ({depth} jobs waiting)", retry_after=2)
+        raise Overloaded(
+            f"queue for model '{queue_model}' is full ({depth} jobs waiting)", retry_after=2
+        )
+    job_id = new_job_id()
+    if job.webhook is not None:
+        await webhooks.watch(store.redis, job_id)
     job_id, created_at, created = await store.create(
         job,
+        job_id=job_id,
         model=model,
         owner=caller.owner,
         idempotency_key=idempotency_key,
         body_digest=body_hash(raw_body),
+        base_model=base_model,
     )
     bind_job(job_id)  # this request's later log lines carry the job id
     if created:
         try:
-            await enqueuer.send(job_id, model, job)
+            await enqueuer.send(job_id, queue_model, job)
         except Exception as exc:
             log.warning("enqueue of %s failed: %s", job_id, type(exc).__name__)
             try:
@@ -150,13 +166,25 @@ async def wait_terminal(relay: StreamRelay, job_id: str, wait_s: float) -> None:
 
 @router.get("", response_model=list[JobRecord])
 async def list_jobs(
+    request: Request,
     caller: CallerDep,
     store: StoreDep,
     status: Annotated[JobStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobRecord]:
-    """The caller's own jobs, newest first."""
-    return await store.list_jobs(caller.owner, limit=limit, status=status.value if status else None)
+    """The caller's own jobs, newest first. `?metadata.<key>=<value>` (repeatable, all must
+    match) filters by the metadata given at submission, e.g. `?metadata.batch_id=batch_x`."""
+    metadata = {
+        k.removeprefix("metadata."): v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata.") and len(k) > len("metadata.")
+    }
+    return await store.list_jobs(
+        caller.owner,
+        limit=limit,
+        status=status.value if status else None,
+        metadata=metadata or None,
+    )
 
 
 @router.get("/{job_id}", response_model=JobRecord, response_model_exclude_none=False)

@@ -4,6 +4,7 @@
 --   KEYS[3] genq:job:{id}:text   string: output so far
 --   KEYS[4] genq:events:{id}     pubsub channel of the job
 --   KEYS[5] genq:running         zset: running job ids by claim time
+--   KEYS[6] genq:queued          zset: queued job ids by the time they were (re)queued
 -- A terminal state never changes: `finish` is only called after the caller checked the
 -- current status, and every script refuses to move a terminal job.
 
@@ -12,12 +13,15 @@ local function is_terminal(s)
 end
 
 -- Move the job to a terminal status, start its retention clock, tell listeners.
+-- A job may carry its own `retention_s` field (JobRequest.retention_s); it wins over ARGV's.
 local function finish(id, status, now, retention, fields)
+  retention = redis.call('HGET', KEYS[1], 'retention_s') or retention
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
   if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
   redis.call('EXPIRE', KEYS[1], retention)
   redis.call('EXPIRE', KEYS[2], retention)
   redis.call('EXPIRE', KEYS[3], retention)
   redis.call('ZREM', KEYS[5], id)
+  redis.call('ZREM', KEYS[6], id)
   redis.call('PUBLISH', KEYS[4], cjson.encode({['end'] = status}))
 end

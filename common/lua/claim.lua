@@ -22,4 +22,5 @@ if attempts > tonumber(ARGV[4]) then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 return {'claimed', attempts}

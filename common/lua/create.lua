@@ -1,24 +1,25 @@
 -- Create a queued job, or return the job an Idempotency-Key already names.
--- KEYS[6] idempotency key (ignored when ARGV[3] == '0'); KEYS[7] owner's job index (zset);
--- KEYS[8] (optional) the all-owners job index (zset), for admin listing
+-- KEYS[7] idempotency key (ignored when ARGV[3] == '0'); KEYS[8] owner's job index (zset);
+-- KEYS[9] (optional) the all-owners job index (zset), for admin listing
 -- ARGV[1] job id; ARGV[2] body hash; ARGV[3] idempotency ttl (s, '0' = no key);
 -- ARGV[4] created_at; ARGV[5] index horizon (entries older are trimmed); ARGV[6..] field pairs
 -- Returns {1, id} when created, {0, existing id, existing body hash} otherwise.
 if ARGV[3] ~= '0' then
-  local existing = redis.call('GET', KEYS[6])
+  local existing = redis.call('GET', KEYS[7])
   if existing then
     local sep = string.find(existing, ':', 1, true)
     return {0, string.sub(existing, sep + 1), string.sub(existing, 1, sep - 1)}
   end
-  redis.call('SET', KEYS[6], ARGV[2] .. ':' .. ARGV[1], 'EX', tonumber(ARGV[3]))
+  redis.call('SET', KEYS[7], ARGV[2] .. ':' .. ARGV[1], 'EX', tonumber(ARGV[3]))
 end
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZADD', KEYS[7], ARGV[4], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. ARGV[5])
-if KEYS[8] then
-  redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[5])
+redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[5])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+if KEYS[9] then
+  redis.call('ZADD', KEYS[9], ARGV[4], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[5])
 end
 return {1, ARGV[1]}

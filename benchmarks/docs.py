@@ -1,0 +1,208 @@
+"""Writes benchmark results into docs/BENCHMARKS.md (between marker comments) and draws plots.
+
+  python -m benchmarks.docs serve NAME RESULT.json [RESULT.json ...]
+      one `genq bench` result per model shape -> section NAME, plus
+      docs/img/<NAME>-throughput.png (output tok/s vs concurrency, direct vs genq) and
+      docs/img/<NAME>-ttft-cdf.png (TTFT CDF at concurrency 64, or the largest run)
+
+The relay benchmark calls `write_relay_section` itself (`make bench`).
+Each section sits between `<!-- genq-bench:NAME:begin -->` and `...:end -->`, so a rerun
+replaces only its own section and other people's sections in the file stay untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+IMG = ROOT / "docs" / "img"
+
+
+def replace_section(name: str, body: str, doc: Path = DOC) -> None:
+    begin, end = f"<!-- genq-bench:{name}:begin -->", f"<!-- genq-bench:{name}:end -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+def write_relay_section(res: dict[str, Any], line: dict[str, Any]) -> None:
+    info, r, p, e, s = res["info"], res["relay"], res["publish"], res["enqueue"], res["streams"]
+    rows = [
+        (
+            f"worker publish: tokens/s into Redis, {p['jobs']} jobs streaming, no clients",
+            f"{p['tokens_per_s']:,.0f}",
+        ),
+        (
+            f"API relay: SSE clients, one job each ({r['tokens_per_job']} tokens)",
+            str(r["sse_clients"]),
+        ),
+        ("API relay: delta events/s delivered to them", f"{r['deltas_per_s']:,.0f}"),
+        ("API relay: tokens/s delivered", f"{r['tokens_per_s']:,.0f}"),
+        (
+            "added latency engine emit -> client, p50 / p99",
+            f"{r['p50_added_latency_ms']:.1f} / {r['p99_added_latency_ms']:.1f} ms",
+        ),
+        ("streams ended by an error (slow consumer, ...)", str(r["stream_errors"])),
+        ("API RSS peak during the relay phase", f"{r['api_rss_mb_peak']:.0f} MB"),
+        ("`POST /v1/jobs` accepted per second (64 in flight)", f"{e['jobs_per_s']:,.0f}"),
+        (
+            f"API RSS with {s['streams']} open SSE streams "
+            f"(idle before: {s['api_rss_mb_before']:.0f} MB)",
+            f"{s['api_rss_mb']:.0f} MB",
+        ),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    body = f"""### Relay benchmark (simulated engine): latest `make bench`
+
+Machine: {info["machine"]}; {info["date"]}. Command: `{info["command"]}` (`make bench`).
+The worker runs the simulated engine (a test double: no model), so this is genq's own cost.
+
+| measure | value |
+|---|---|
+{table}
+
+Final line: `{json.dumps(line)}`
+"""
+    replace_section("relay-latest", body)
+
+
+# -- serving benchmark (genq bench) ---------------------------------------------------------------
+
+
+def _load(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def serve_tables(results: list[dict[str, Any]]) -> str:
+    out = []
+    for res in results:
+        info = res["info"]
+        out.append(f"**{info['label'] or info['model']}** ({info['date']})\n")
+        out.append(f"Command: `{info['command']}`\n")
+        if "genq_start_s" in info:
+            out.append(
+                f"Engine start: worker {info['genq_start_s']:.0f} s (to first model listing), "
+                f"direct {info.get('direct_start_s', 0):.0f} s.\n"
+            )
+        out.append(
+            "| side | conc | reqs | ok | req/s | out tok/s | TTFT p50 / p90 / p99 ms "
+            "| TPOT p50 / p90 / p99 ms | ITL p50 / p99 ms | E2EL p50 / p99 ms |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(res["runs"], key=lambda r: (r["max_concurrency"] or 0, r["target"])):
+            out.append(
+                f"| {r['target']} | {r['max_concurrency']} | {r['num_prompts']} | {r['completed']} "
+                f"| {r['request_throughput']:.2f} | {r['output_throughput']:,.0f} "
+                f"| {r['p50_ttft_ms']:.1f} / {r['p90_ttft_ms']:.1f} / {r['p99_ttft_ms']:.1f} "
+                f"| {r['p50_tpot_ms']:.2f} / {r['p90_tpot_ms']:.2f} / {r['p99_tpot_ms']:.2f} "
+                f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
+                f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
+            )
+        if res["ratios"]:
+            out.append("")
+            out.append(
+                "| conc | out tok/s genq / direct | TTFT p50 genq - direct | "
+                "TPOT p50 genq / direct |"
+            )
+            out.append("|---|---|---|---|")
+            for x in res["ratios"]:
+                out.append(
+                    f"| {x['max_concurrency']} | **{x['output_throughput_ratio']:.3f}** "
+                    f"| {x['ttft_p50_overhead_ms']:+.1f} ms | {x['tpot_p50_ratio']:.3f} |"
+                )
+        out.append("")
+    return "\n".join(out)
+
+
+def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    made = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for res in results:
+        tag = res["info"]["model"]
+        for target, style in (("direct", "o--"), ("genq", "s-")):
+            pts = sorted(
+                (r["max_concurrency"], r["output_throughput"])
+                for r in res["runs"]
+                if r["target"] == target and r["max_concurrency"]
+            )
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{tag} {target}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max concurrency")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Output throughput: bare AsyncLLM (direct) vs genq")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = IMG / f"{name}-throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path.name)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for res in results:
+        tag = res["info"]["model"]
+        concs = sorted({r["max_concurrency"] or 0 for r in res["runs"]})
+        conc = 64 if 64 in concs else concs[-1]
+        for target, style in (("direct", "--"), ("genq", "-")):
+            r = next(
+                (
+                    r
+                    for r in res["runs"]
+                    if r["target"] == target and (r["max_concurrency"] or 0) == conc
+                ),
+                None,
+            )
+            if not r or not r["ttfts_ms"]:
+                continue
+            xs = sorted(r["ttfts_ms"])
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.step(xs, ys, style, where="post", label=f"{tag} {target} (c={conc})")
+    ax.set_xlabel("TTFT (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("TTFT CDF")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = IMG / f"{name}-ttft-cdf.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path.name)
+    return made
+
+
+def write_serve_section(name: str, title: str, paths: list[Path], notes: str = "") -> None:
+    results = _load(paths)
+    imgs = plots(name, results)
+    body = f"### {title}\n\n{notes.strip()}\n\n{serve_tables(results)}\n"
+    body += "\n".join(f"![{i}](img/{i})" for i in imgs) + "\n"
+    replace_section(name, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 3 and argv[0] == "serve":
+        write_serve_section(argv[1], argv[1], [Path(p) for p in argv[2:]])
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

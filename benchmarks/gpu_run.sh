@@ -1,0 +1,35 @@
+#!/bin/bash
+# Runs ON the lent GPU machine: `genq bench --launch` (+ the direct AsyncLLM baseline) for one
+# model shape. Needs vLLM in /root/site (see ../shared/gpu/README.md) and a redis-server on
+# PATH or in .redis/ beside this project (bin/redis-server wrapper + the libraries it links).
+# usage: gpu_run.sh MODEL_DIR NAME CONCURRENCIES NUM_PROMPTS SIDE [more genq worker args...]
+#   SIDE: both | genq | direct   (one device call holds at most ~10 min: with a cold
+#   torch.compile cache one engine start can take most of that, so split the sides then)
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+MODEL_DIR=$1 NAME=$2 CONCS=$3 NUMS=$4 SIDE=$5; shift 5
+export PYTHONPATH=/root/site:$ROOT PYTHONUNBUFFERED=1
+[ -x "$ROOT/.redis/bin/redis-server" ] && export PATH=$ROOT/.redis/bin:$PATH
+OUTD=${OUT:-/tmp/genq-out}; mkdir -p "$OUTD"
+LIMIT=${GENQ_BENCH_LIMIT_S:-560}
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "gpu: $GPU; start $(date -u +%H:%M:%S)"
+case $SIDE in
+  both) MODE=(--launch --baseline direct) ;;
+  genq) MODE=(--launch) ;;
+  direct) MODE=(--direct-only --baseline direct) ;;
+esac
+timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
+  --random-input-len 512 --random-output-len 256 \
+  --max-concurrency "$CONCS" --num-prompts "$NUMS" \
+  --state-dir "/tmp/genq-$NAME" --out "$OUTD/bench-$NAME-$SIDE.json" --label "$NAME on $GPU" \
+  -- --model "$ROOT/$MODEL_DIR" --served-model-name "$NAME" --load-format dummy \
+  --skip-tokenizer-init --max-model-len 2048 --max-num-seqs 256 "$@" \
+  > >(tee "$OUTD/bench-$NAME-$SIDE.log") 2>&1
+rc=$?
+echo "end $(date -u +%H:%M:%S) rc=$rc"
+grep -h "ready in\|engine ready\|init engine\|torch.compile takes\|Graph capturing finished\|Memory profiling" \
+  /tmp/genq-$NAME/logs/worker.log 2>/dev/null | cut -c1-220 | tail -8
+tar czf "$OUTD/logs-$NAME-$SIDE.tgz" -C "/tmp/genq-$NAME" logs 2>/dev/null
+exit "$rc"

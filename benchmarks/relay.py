@@ -1,0 +1,341 @@
+"""Relay benchmark: the queue and relay layer alone, on this machine, with the simulated engine.
+
+`make bench` runs `python -m benchmarks.relay --write-docs`. The worker hosts the SIMULATED
+engine (worker/simulated_engine.py, a test/benchmark double: no model, configurable step time,
+tokens per step and batch size), so every number here is the cost of genq itself:
+
+  publish   one worker, N jobs streaming at once, no clients: tokens/s and delta events/s
+            the worker gets through the publisher into Redis (replay log + pub/sub)
+  relay     N SSE clients on one API process, each following one streaming job; the
+            simulated engine stamps each step with its emit time, so each client measures
+            the latency genq adds (engine emit -> worker publisher -> Redis -> API relay ->
+            SSE -> client), p50/p99, and the deltas/s the API delivered
+  enqueue   POST /v1/jobs throughput (64 in flight) to a model no worker serves: admission,
+            the job record and the Celery message, nothing else
+  streams   API resident memory with M open SSE streams (jobs queued, streams idle)
+
+It prints a table and one final JSON line with at least deltas_per_s, jobs_per_s,
+sse_clients, p99_added_latency_ms and api_rss_mb. Sizes are flags; the defaults run in a
+few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from genq.bench import LaunchedStack, _pct
+
+QUEUE_ONLY = "bench-queue-only"
+
+
+def rss_mb(pid: int) -> float:
+    if not Path(f"/proc/{pid}/status").exists():
+        return 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# Submissions in flight at once. 500 POSTs at once stalled the API's loop past its Redis
+# socket timeout (5 s) on this 2-core machine and came back as 503s: a client-made stall,
+# not what the phases measure.
+_SUBMITS = asyncio.Semaphore(64)
+
+
+async def submit(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> str:
+    async with _SUBMITS:
+        return await _submit(session, base, model, max_tokens)
+
+
+async def _submit(session: aiohttp.ClientSession, base: str, model: str, max_tokens: int) -> str:
+    body = {"model": model, "prompt_token_ids": [1, 2, 3], "params": {"max_tokens": max_tokens}}
+    async with session.post(f"{base}/v1/jobs", json=body) as r:
+        if r.status not in (200, 202):
+            raise RuntimeError(f"POST /v1/jobs: HTTP {r.status} {await r.text()}")
+        return str((await r.json())["id"])
+
+
+async def wait_jobs(session: aiohttp.ClientSession, base: str, ids: list[str]) -> list[dict]:
+    out = []
+    for jid in ids:
+        async with session.get(f"{base}/v1/jobs/{jid}", params={"wait": "120"}) as r:
+            out.append(await r.json())
+    return out
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+async def phase_enqueue(session: aiohttp.ClientSession, base: str, n: int, conc: int) -> dict:
+    sem = asyncio.Semaphore(conc)
+    ids: list[str] = []
+
+    async def one() -> None:
+        async with sem:
+            ids.append(await submit(session, base, QUEUE_ONLY, 16))
+
+    await asyncio.gather(*(one() for _ in range(min(conc, 32))))  # warm connections
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    dt = time.perf_counter() - t0
+    return {"jobs": n, "in_flight": conc, "seconds": dt, "jobs_per_s": n / dt, "ids": ids}
+
+
+async def phase_streams(
+    session: aiohttp.ClientSession, base: str, ids: list[str], api_pid: int
+) -> dict:
+    """Open one idle SSE stream per queued job; API RSS before and with them open."""
+    before = rss_mb(api_pid)
+    opened = asyncio.Event()
+    release = asyncio.Event()
+    count = 0
+
+    async def hold(jid: str) -> None:
+        nonlocal count
+        async with session.get(f"{base}/v1/jobs/{jid}/events") as r:
+            if r.status != 200:
+                raise RuntimeError(f"events: HTTP {r.status}")
+            count += 1
+            if count == len(ids):
+                opened.set()
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold(j)) for j in ids]
+    await asyncio.wait_for(opened.wait(), 120)
+    await asyncio.sleep(1.0)
+    with_streams = rss_mb(api_pid)
+    release.set()
+    await asyncio.gather(*tasks)
+    return {"streams": len(ids), "api_rss_mb_before": before, "api_rss_mb": with_streams}
+
+
+async def phase_relay(
+    session: aiohttp.ClientSession,
+    base: str,
+    model: str,
+    clients: int,
+    tokens: int,
+    api_pid: int,
+) -> dict:
+    """`clients` jobs, each followed by one SSE client; latency from the engine's stamps."""
+    ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(clients)))
+    lat: list[float] = []
+    events = 0
+    errors: list[str] = []
+    span = [float("inf"), 0.0]  # first and last delta seen by any client
+    rss_peak = 0.0
+
+    async def follow(jid: str) -> None:
+        nonlocal events
+        async with session.get(f"{base}/v1/jobs/{jid}/events") as r:
+            event = b""
+            async for raw in r.content:
+                if raw.startswith(b"event: "):
+                    event = raw[7:].rstrip()
+                elif raw.startswith(b"data: "):
+                    if event == b"delta":
+                        now = time.time()
+                        i = raw.find(b"@")  # the oldest stamp of a (possibly merged) delta
+                        if i >= 0:
+                            lat.append(now - float(raw[i + 1 : i + 18]))
+                        events += 1
+                        span[0] = min(span[0], now)
+                        span[1] = now
+                    elif event == b"error":
+                        errors.append(raw[6:200].decode())
+                        return
+                    else:
+                        return
+
+    async def sample() -> None:
+        nonlocal rss_peak
+        while True:
+            rss_peak = max(rss_peak, rss_mb(api_pid))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.create_task(sample())
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(follow(j) for j in ids))
+    finally:
+        sampler.cancel()
+    dt = time.perf_counter() - t0
+    records = await wait_jobs(session, base, list(ids))
+    toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
+    span_s = span[1] - span[0] if events > 1 else dt
+    return {
+        "sse_clients": clients,
+        "tokens_per_job": tokens,
+        "seconds": dt,
+        "delta_events": events,
+        "deltas_per_s": events / span_s if span_s > 0 else 0.0,
+        "tokens_per_s": toks / span_s if span_s > 0 else 0.0,
+        "p50_added_latency_ms": _pct(lat, 50) * 1000,
+        "p99_added_latency_ms": _pct(lat, 99) * 1000,
+        "mean_added_latency_ms": statistics.fmean(lat) * 1000 if lat else 0.0,
+        "stream_errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "api_rss_mb_peak": rss_peak,
+        "succeeded": sum(1 for r in records if r.get("status") == "succeeded"),
+    }
+
+
+async def phase_publish(
+    session: aiohttp.ClientSession, base: str, model: str, jobs: int, tokens: int
+) -> dict:
+    """Jobs stream with no client attached: what one worker writes to Redis per second."""
+    ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(jobs)))
+    records = await wait_jobs(session, base, list(ids))
+    start = min(r["started_at"] for r in records if r.get("started_at"))
+    end = max(r["finished_at"] for r in records if r.get("finished_at"))
+    toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
+    return {
+        "jobs": jobs,
+        "tokens": toks,
+        "seconds": end - start,
+        "tokens_per_s": toks / (end - start),
+    }
+
+
+async def count_log_entries(redis_url: str, ids: list[str]) -> int:
+    import redis.asyncio as aioredis
+
+    from common import keys
+
+    r = aioredis.from_url(redis_url)
+    pipe = r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.llen(keys.job_log(jid))
+    n = sum(await pipe.execute())
+    await r.aclose()
+    return int(n)
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    raise_fd_limit()
+    worker_args = [
+        "--engine",
+        "simulated",
+        "--served-model-name",
+        "sim",
+        "--sim-stamp",
+        "--sim-step-ms",
+        str(args.step_ms),
+        "--sim-tokens-per-step",
+        "1",
+        "--max-num-seqs",
+        str(max(args.clients, args.publish_jobs)),
+    ]
+    os.environ["GENQ_MODELS"] = json.dumps([QUEUE_ONLY])
+    stack = LaunchedStack(worker_args, Path(args.state_dir), None)
+    out: dict[str, Any] = {}
+    try:
+        await stack.wait_ready("sim", 120)
+        base = stack.base_url
+        conn = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+            await phase_relay(s, base, "sim", 16, 10, stack.api.pid)  # warm up
+            pub = await phase_publish(s, base, "sim", args.publish_jobs, args.tokens)
+            out["publish"] = pub
+            print(f"publish: {pub}", file=sys.stderr)
+            rel = await phase_relay(s, base, "sim", args.clients, args.tokens, stack.api.pid)
+            out["relay"] = rel
+            print(f"relay: {rel}", file=sys.stderr)
+            enq = await phase_enqueue(s, base, args.enqueue_jobs, 64)
+            ids = enq.pop("ids")
+            out["enqueue"] = enq
+            print(f"enqueue: {enq}", file=sys.stderr)
+            more = await asyncio.gather(
+                *(submit(s, base, QUEUE_ONLY, 16) for _ in range(max(0, args.streams - len(ids))))
+            )
+            streams = await phase_streams(
+                s, base, (ids + list(more))[: args.streams], stack.api.pid
+            )
+            out["streams"] = streams
+            print(f"streams: {streams}", file=sys.stderr)
+    finally:
+        stack.stop()
+    return out
+
+
+def summary(res: dict[str, Any]) -> dict[str, Any]:
+    r = res["relay"]
+    return {
+        "deltas_per_s": round(r["deltas_per_s"]),
+        "relay_tokens_per_s": round(r["tokens_per_s"]),
+        "sse_clients": r["sse_clients"],
+        "p50_added_latency_ms": round(r["p50_added_latency_ms"], 2),
+        "p99_added_latency_ms": round(r["p99_added_latency_ms"], 2),
+        "stream_errors": r["stream_errors"],
+        "publish_tokens_per_s": round(res["publish"]["tokens_per_s"]),
+        "jobs_per_s": round(res["enqueue"]["jobs_per_s"], 1),
+        "api_rss_mb": round(res["streams"]["api_rss_mb"], 1),
+        "open_streams": res["streams"]["streams"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.relay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--clients", type=int, default=500, help="SSE clients in the relay phase")
+    p.add_argument("--tokens", type=int, default=200, help="tokens per job")
+    p.add_argument("--step-ms", type=float, default=20.0, help="simulated engine step")
+    p.add_argument("--publish-jobs", type=int, default=500)
+    p.add_argument("--enqueue-jobs", type=int, default=2000)
+    p.add_argument("--streams", type=int, default=1000, help="open streams for the RSS phase")
+    p.add_argument("--state-dir", default=".genq/bench-relay")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--write-docs", action="store_true", help="update docs/BENCHMARKS.md")
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    res = asyncio.run(run(args))
+    res["info"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "command": "python -m benchmarks.relay "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    line = summary(res)
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=1))
+    if args.write_docs:
+        from benchmarks.docs import write_relay_section
+
+        write_relay_section(res, line)
+    print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()

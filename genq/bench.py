@@ -1,0 +1,784 @@
+"""`genq bench`: a serving load generator measured the way `vllm bench serve` measures.
+
+Metrics follow vLLM's definitions (vllm/benchmarks/serve.py): TTFT is the time from sending
+a request to its first streamed token chunk; ITL the gaps between streamed chunks; TPOT
+(E2EL - TTFT) / (output tokens - 1); E2EL the time to the last token chunk; request/s and
+output tokens/s over the run's wall time. Output tokens come from the job's usage (what the
+engine generated), never from counting chunks, so merged deltas do not distort TPOT.
+
+Targets:
+  * `--base-url URL`: an API that is already running;
+  * `--launch`: start Redis, one worker and the API here, with the worker arguments given
+    after `--` (the same arguments `genq worker` takes), and stop them afterwards;
+  * `--baseline direct`: afterwards, the same requests on an in-process vLLM `AsyncLLM`
+    built from those same worker arguments (the worker is stopped first, so the GPU is
+    free), then the ratios genq/direct.
+
+Several `--max-concurrency` values (comma-separated, with matching `--num-prompts`) run in
+one invocation, so a GPU engine starts once per side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """examples:
+  # an API that is running already (native jobs endpoint, 64 at a time)
+  genq bench --base-url http://127.0.0.1:8000 --model qwen7b --max-concurrency 64 \\
+      --num-prompts 256 --random-input-len 512 --random-output-len 256
+
+  # start Redis + worker + API here, then the same load on a bare AsyncLLM, and the ratios
+  genq bench --launch --baseline direct --max-concurrency 1,64,256 --num-prompts 4,256,768 \\
+      --out bench.json -- --model ./qwen7b --load-format dummy --skip-tokenizer-init \\
+      --served-model-name qwen7b --max-model-len 2048 --max-num-seqs 256
+"""
+
+PERCENTILES = (50, 90, 99)
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BenchRequest:
+    prompt_token_ids: list[int] | None
+    messages: list[dict[str, str]] | None
+    prompt_len: int
+    output_len: int
+
+
+@dataclass(slots=True)
+class RequestResult:
+    success: bool = False
+    prompt_len: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0
+    latency: float = 0.0
+    itl: list[float] = field(default_factory=list)
+    start_time: float = 0.0
+    error: str = ""
+
+
+_WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when"
+).split()
+
+
+def make_requests(
+    n: int,
+    *,
+    input_len: int,
+    output_len: int,
+    range_ratio: float,
+    chat: bool,
+    vocab: tuple[int, int],
+    seed: int,
+) -> list[BenchRequest]:
+    """vLLM's random dataset: lengths uniform in [len*(1-r), len*(1+r)], random token ids.
+    `chat` makes message text of ~input_len words instead (for endpoints that template)."""
+    rng = random.Random(seed)
+    out: list[BenchRequest] = []
+    for _ in range(n):
+        ilen = max(
+            1, round(rng.uniform(input_len * (1 - range_ratio), input_len * (1 + range_ratio)))
+        )
+        olen = max(
+            1, round(rng.uniform(output_len * (1 - range_ratio), output_len * (1 + range_ratio)))
+        )
+        if chat:
+            text = " ".join(rng.choice(_WORDS) for _ in range(ilen))
+            out.append(BenchRequest(None, [{"role": "user", "content": text}], ilen, olen))
+        else:
+            ids = [rng.randrange(vocab[0], vocab[1]) for _ in range(ilen)]
+            out.append(BenchRequest(ids, None, ilen, olen))
+    return out
+
+
+# -- endpoint clients ---------------------------------------------------------------------------
+
+RequestFn = Callable[[BenchRequest], Awaitable[RequestResult]]
+
+
+def _params(req: BenchRequest, ignore_eos: bool, temperature: float) -> dict[str, Any]:
+    return {"max_tokens": req.output_len, "ignore_eos": ignore_eos, "temperature": temperature}
+
+
+def jobs_client(
+    session: Any, base_url: str, model: str, ignore_eos: bool, temperature: float
+) -> RequestFn:
+    """POST /v1/jobs, then GET its SSE events; time from before the POST."""
+    base = base_url.rstrip("/")
+
+    async def run(req: BenchRequest) -> RequestResult:
+        body: dict[str, Any] = {"model": model, "params": _params(req, ignore_eos, temperature)}
+        if req.prompt_token_ids is not None:
+            body["prompt_token_ids"] = req.prompt_token_ids
+        else:
+            body["messages"] = req.messages
+        res = RequestResult(prompt_len=req.prompt_len)
+        st = time.perf_counter()
+        res.start_time = st
+        last = st
+        try:
+            async with session.post(f"{base}/v1/jobs", json=body) as r:
+                if r.status not in (200, 202):
+                    res.error = f"POST /v1/jobs: HTTP {r.status} {(await r.text())[:200]}"
+                    return res
+                job_id = (await r.json())["id"]
+            async with session.get(
+                f"{base}/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
+            ) as r:
+                if r.status != 200:
+                    res.error = f"GET events: HTTP {r.status}"
+                    return res
+                event = ""
+                async for raw in r.content:
+                    line = raw.rstrip(b"\r\n")
+                    if not line:
+                        event = ""
+                        continue
+                    if line.startswith(b"event: "):
+                        event = line[7:].decode()
+                    elif line.startswith(b"data: "):
+                        if event == "delta":
+                            ts = time.perf_counter()
+                            if res.ttft == 0.0:
+                                res.ttft = ts - st
+                            else:
+                                res.itl.append(ts - last)
+                            last = ts
+                        elif event == "done":
+                            rec = json.loads(line[6:])
+                            res.output_tokens = int(
+                                (rec.get("usage") or {}).get("completion_tokens") or 0
+                            )
+                            res.success = res.ttft > 0.0
+                            if not res.success:
+                                res.error = "no delta before done"
+                            break
+                        elif event == "error":
+                            res.error = line[6:].decode()[:300]
+                            break
+        except Exception as exc:  # a benchmark records failures and goes on
+            res.error = f"{type(exc).__name__}: {exc}"
+        res.latency = last - st
+        return res
+
+    return run
+
+
+def openai_chat_client(
+    session: Any, base_url: str, model: str, ignore_eos: bool, temperature: float
+) -> RequestFn:
+    """POST /v1/chat/completions with stream=True, as vLLM's benchmark sends it."""
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+
+    async def run(req: BenchRequest) -> RequestResult:
+        if req.messages is None:
+            raise ValueError("the openai-chat endpoint needs chat prompts (--prompt-kind chat)")
+        payload = {
+            "model": model,
+            "messages": req.messages,
+            "max_completion_tokens": req.output_len,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": temperature,
+            "ignore_eos": ignore_eos,
+        }
+        res = RequestResult(prompt_len=req.prompt_len)
+        st = time.perf_counter()
+        res.start_time = st
+        last = st
+        try:
+            async with session.post(url, json=payload) as r:
+                if r.status != 200:
+                    res.error = f"HTTP {r.status} {(await r.text())[:200]}"
+                    return res
+                async for raw in r.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data: "):
+                        continue  # blank separators and ': ping' comments
+                    chunk = line[6:]
+                    if chunk == b"[DONE]":
+                        break
+                    ts = time.perf_counter()
+                    data = json.loads(chunk)
+                    if data.get("choices"):
+                        if res.ttft == 0.0:
+                            res.ttft = ts - st
+                        else:
+                            res.itl.append(ts - last)
+                        last = ts
+                    elif usage := data.get("usage"):
+                        res.output_tokens = int(usage.get("completion_tokens") or 0)
+                    elif err := data.get("error"):
+                        res.error = json.dumps(err)[:300]
+            res.success = res.ttft > 0.0 and not res.error
+            if not res.success and not res.error:
+                res.error = "never received a token chunk"
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+        res.latency = last - st
+        return res
+
+    return run
+
+
+def direct_client(llm: Any, ignore_eos: bool, temperature: float, detokenize: bool) -> RequestFn:
+    """The same request on a bare AsyncLLM in this process (the baseline)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    tokenizer = llm.get_tokenizer() if detokenize else None
+    counter = iter(range(1 << 62))
+
+    async def run(req: BenchRequest) -> RequestResult:
+        sp = SamplingParams(
+            max_tokens=req.output_len,
+            ignore_eos=ignore_eos,
+            temperature=temperature,
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=detokenize,
+        )
+        prompt: dict[str, Any]
+        kw: dict[str, Any] = {}
+        if req.prompt_token_ids is not None:
+            prompt = {"prompt_token_ids": req.prompt_token_ids}
+        else:
+            if tokenizer is None:
+                raise ValueError("chat prompts need the engine's tokenizer")
+            text = tokenizer.apply_chat_template(
+                req.messages, tokenize=False, add_generation_prompt=True
+            )
+            prompt = {"prompt": text}
+            kw["tokenization_kwargs"] = {"add_special_tokens": False}
+        res = RequestResult(prompt_len=req.prompt_len)
+        st = time.perf_counter()
+        res.start_time = st
+        last = st
+        try:
+            async for out in llm.generate(prompt, sp, request_id=f"direct-{next(counter)}", **kw):
+                n = len(out.outputs[0].token_ids)
+                if n:
+                    ts = time.perf_counter()
+                    if res.ttft == 0.0:
+                        res.ttft = ts - st
+                    else:
+                        res.itl.append(ts - last)
+                    last = ts
+                    res.output_tokens += n
+            res.success = res.ttft > 0.0
+        except Exception as exc:
+            res.error = f"{type(exc).__name__}: {exc}"
+        res.latency = last - st
+        return res
+
+    return run
+
+
+# -- the load -----------------------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr (no dependency); a newline when done."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done, self.failed = total, label, 0, 0
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += 0 if ok else 1
+        now = time.perf_counter()
+        if now - self._last > (0.2 if self.tty else 5.0) or self.done == self.total:
+            self._last = now
+            width = 30
+            fill = int(width * self.done / max(1, self.total))
+            bar = "#" * fill + "." * (width - fill)
+            msg = (
+                f"{self.label} [{bar}] {self.done}/{self.total} "
+                f"{self.failed} failed {now - self.t0:6.1f}s"
+            )
+            print(("\r" if self.tty else "") + msg, end="" if self.tty else "\n", file=sys.stderr)
+            if self.tty and self.done == self.total:
+                print(file=sys.stderr)
+
+
+async def run_load(
+    fn: RequestFn,
+    requests: list[BenchRequest],
+    *,
+    request_rate: float,
+    burstiness: float,
+    max_concurrency: int | None,
+    seed: int,
+    label: str,
+) -> tuple[list[RequestResult], float]:
+    """vLLM's arrival process: all at once (rate inf) or gamma intervals (Poisson when
+    burstiness is 1), each request waiting for a slot under max_concurrency."""
+    sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+    rng = random.Random(seed)
+    progress = Progress(len(requests), label)
+
+    async def one(req: BenchRequest) -> RequestResult:
+        if sem is None:
+            res = await fn(req)
+        else:
+            async with sem:
+                res = await fn(req)
+        progress.update(res.success)
+        return res
+
+    t0 = time.perf_counter()
+    tasks: list[asyncio.Task[RequestResult]] = []
+    for req in requests:
+        tasks.append(asyncio.create_task(one(req)))
+        if math.isfinite(request_rate) and request_rate > 0:
+            theta = 1.0 / (request_rate * burstiness)
+            await asyncio.sleep(rng.gammavariate(burstiness, theta))
+    results = list(await asyncio.gather(*tasks))
+    return results, time.perf_counter() - t0
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100  # numpy's default (linear) percentile
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def metrics(results: list[RequestResult], duration: float) -> dict[str, Any]:
+    ok = [r for r in results if r.success]
+    ttfts = [r.ttft for r in ok]
+    tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
+    itls = [x for r in ok for x in r.itl]
+    e2els = [r.latency for r in ok]
+    out_tokens = sum(r.output_tokens for r in ok)
+    m: dict[str, Any] = {
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
+        "duration_s": duration,
+        "total_input_tokens": sum(r.prompt_len for r in ok),
+        "total_output_tokens": out_tokens,
+        "request_throughput": len(ok) / duration if duration else 0.0,
+        "output_throughput": out_tokens / duration if duration else 0.0,
+    }
+    for name, vals in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        m[f"mean_{name}_ms"] = statistics.fmean(vals) * 1000 if vals else 0.0
+        for p in PERCENTILES:
+            m[f"p{p}_{name}_ms"] = _pct(vals, p) * 1000
+    errors = [r.error for r in results if not r.success]
+    if errors:
+        m["first_errors"] = errors[:3]
+    return m
+
+
+# -- launching the stack ------------------------------------------------------------------------
+
+
+class LaunchedStack:
+    """Redis, one worker and the API as child processes (each in its own process group, so
+    stopping the worker also ends the engine-core process vLLM spawns)."""
+
+    def __init__(self, worker_args: list[str], state_dir: Path, api_port: int | None):
+        from genq.redis_server import LocalRedis, free_port
+
+        self.state_dir = state_dir
+        self.logs = state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.redis = LocalRedis(state_dir / "redis", port=free_port()).start()
+        self.api_port = api_port or free_port()
+        self.env = {**os.environ, "REDIS_URL": self.redis.url, "PYTHONUNBUFFERED": "1"}
+        self.worker = self._spawn("worker", ["-m", "worker.main", *worker_args])
+        self.api = self._spawn("api", ["-m", "genq.run_api", "--port", str(self.api_port)])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, model: str, timeout: float) -> None:  # noqa: ASYNC109
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() < deadline:
+                for name, proc in (("worker", self.worker), ("api", self.api)):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited; see {self.logs / (name + '.log')}")
+                try:
+                    r = await client.get(f"{self.base_url}/v1/models")
+                    if r.status_code == 200 and any(m["id"] == model for m in r.json()["data"]):
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(1.0)
+        raise TimeoutError(f"no worker served {model} within {timeout:.0f}s")
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes], wait: float) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # whatever it left in its group (vLLM's engine core)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+    def stop_worker(self) -> None:
+        self._stop(self.worker, 60)
+
+    def stop(self) -> None:
+        self._stop(self.worker, 60)
+        self._stop(self.api, 15)
+        self.redis.stop()
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genq bench",
+        description="Serving benchmark with vLLM's metrics (TTFT, TPOT, ITL, E2EL, tok/s).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t = p.add_argument_group("target")
+    t.add_argument("--base-url", default="http://127.0.0.1:8000")
+    t.add_argument("--launch", action="store_true", help="start Redis + worker + API here")
+    t.add_argument("--state-dir", type=Path, default=Path(".genq/bench"))
+    t.add_argument("--endpoint", choices=["jobs", "openai-chat"], default="jobs")
+    t.add_argument("--model", default=None, help="model name (default: --served-model-name)")
+    t.add_argument("--baseline", choices=["none", "direct"], default="none")
+    t.add_argument("--ready-timeout", type=float, default=900)
+    t.add_argument(
+        "--direct-only",
+        action="store_true",
+        help="run only the direct baseline (when one call cannot hold both engine starts)",
+    )
+    ld = p.add_argument_group("load (as in `vllm bench serve`)")
+    ld.add_argument("--num-prompts", default="100", help="comma list, one per concurrency")
+    ld.add_argument("--max-concurrency", default="", help="comma list; empty = unlimited")
+    ld.add_argument("--request-rate", type=float, default=float("inf"))
+    ld.add_argument("--burstiness", type=float, default=1.0, help="1.0 = Poisson arrivals")
+    ld.add_argument("--random-input-len", type=int, default=1024)
+    ld.add_argument("--random-output-len", type=int, default=128)
+    ld.add_argument("--random-range-ratio", type=float, default=0.0)
+    ld.add_argument("--prompt-kind", choices=["tokens", "chat"], default="tokens")
+    ld.add_argument("--vocab-range", default="100,30000", help="token ids drawn from [lo, hi)")
+    ld.add_argument("--ignore-eos", action="store_true")
+    ld.add_argument("--temperature", type=float, default=0.0)
+    ld.add_argument("--warmup", type=int, default=4, help="requests before each side's runs")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--out", type=Path, default=None, help="full results (JSON)")
+    ld.add_argument("--label", default="", help="free text stored with the results")
+    p.add_argument("worker_args", nargs=argparse.REMAINDER, help="after --: genq worker args")
+    return p
+
+
+def _served_name(worker_args: list[str]) -> str | None:
+    for flag in ("--served-model-name", "--model"):
+        if flag in worker_args:
+            return worker_args[worker_args.index(flag) + 1]
+    if "--engine" in worker_args:
+        return None
+    from common.settings import DEFAULT_MODEL_NAME
+
+    return DEFAULT_MODEL_NAME  # `genq worker` with no --model serves the embedded default
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[int | None, int]]:
+    concs: list[int | None] = [int(c) for c in args.max_concurrency.split(",") if c] or [None]
+    nums = [int(n) for n in args.num_prompts.split(",") if n]
+    if len(nums) == 1:
+        nums = nums * len(concs)
+    if len(nums) != len(concs):
+        raise SystemExit("genq bench: give one --num-prompts per --max-concurrency value")
+    return list(zip(concs, nums, strict=True))
+
+
+async def _side(
+    name: str,
+    fn: RequestFn,
+    args: argparse.Namespace,
+    plan: list[tuple[int | None, int, list[BenchRequest]]],
+    warm: list[BenchRequest],
+) -> list[dict[str, Any]]:
+    if warm:
+        res, _ = await run_load(
+            fn,
+            warm,
+            request_rate=float("inf"),
+            burstiness=1.0,
+            max_concurrency=None,
+            seed=args.seed,
+            label=f"{name} warmup",
+        )
+        bad = [r.error for r in res if not r.success]
+        if bad:
+            raise RuntimeError(f"{name}: warmup requests failed: {bad[0]}")
+    runs = []
+    for conc, n, reqs in plan:
+        results, duration = await run_load(
+            fn,
+            reqs,
+            request_rate=args.request_rate,
+            burstiness=args.burstiness,
+            max_concurrency=conc,
+            seed=args.seed,
+            label=f"{name} c={conc or 'inf'}",
+        )
+        m = metrics(results, duration)
+        runs.append(
+            {
+                "target": name,
+                "max_concurrency": conc,
+                "num_prompts": n,
+                "request_rate": args.request_rate,
+                **m,
+                "ttfts_ms": [round(r.ttft * 1000, 3) for r in results if r.success],
+            }
+        )
+        print(format_row(runs[-1]), file=sys.stderr)
+    return runs
+
+
+async def _genq_side(
+    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], model: str, base_url: str
+) -> list[dict[str, Any]]:
+    import aiohttp
+
+    limit = max([c or n for c, n, _ in plan]) * 2 + 16
+    conn = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=6 * 3600, sock_read=600)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        make = jobs_client if args.endpoint == "jobs" else openai_chat_client
+        fn = make(session, base_url, model, args.ignore_eos, args.temperature)
+        return await _side("genq", fn, args, plan, warm)
+
+
+async def _direct_side(
+    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], worker_args: list[str]
+) -> tuple[list[dict[str, Any]], float]:
+    from worker.main import build_engine
+    from worker.main import build_parser as worker_parser
+
+    wargs = worker_parser().parse_args(worker_args)
+    if wargs.engine != "vllm":
+        raise SystemExit("genq bench: --baseline direct needs the vLLM engine")
+    engine = build_engine(wargs)  # the very options the worker built its engine from
+    t0 = time.perf_counter()
+    await engine.start()
+    start_s = time.perf_counter() - t0
+    try:
+        fn = direct_client(
+            engine.async_llm, args.ignore_eos, args.temperature, not wargs.skip_tokenizer_init
+        )
+        return await _side("direct", fn, args, plan, warm), start_s
+    finally:
+        await engine.shutdown()
+
+
+def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(r["target"], r["max_concurrency"]): r for r in runs}
+    out = []
+    for (target, conc), g in by.items():
+        d = by.get(("direct", conc))
+        if target != "genq" or d is None:
+            continue
+
+        def rel(key: str, g: dict[str, Any] = g, d: dict[str, Any] = d) -> float:
+            return g[key] / d[key] if d[key] else 0.0
+
+        out.append(
+            {
+                "max_concurrency": conc,
+                "output_throughput_ratio": rel("output_throughput"),
+                "request_throughput_ratio": rel("request_throughput"),
+                "ttft_p50_overhead_ms": g["p50_ttft_ms"] - d["p50_ttft_ms"],
+                "ttft_p99_overhead_ms": g["p99_ttft_ms"] - d["p99_ttft_ms"],
+                "tpot_p50_ratio": rel("p50_tpot_ms"),
+                "e2el_p50_ratio": rel("p50_e2el_ms"),
+            }
+        )
+    return out
+
+
+def format_row(r: dict[str, Any]) -> str:
+    return (
+        f"{r['target']:>6} c={r['max_concurrency'] or 'inf':>4} n={r['num_prompts']:>5} "
+        f"ok={r['completed']:>5} req/s={r['request_throughput']:8.2f} "
+        f"out tok/s={r['output_throughput']:10.1f} "
+        f"TTFT p50/p90/p99={r['p50_ttft_ms']:.1f}/{r['p90_ttft_ms']:.1f}/{r['p99_ttft_ms']:.1f} "
+        f"TPOT p50={r['p50_tpot_ms']:.2f} ITL p50={r['p50_itl_ms']:.2f} "
+        f"E2EL p50={r['p50_e2el_ms']:.0f} ms"
+    )
+
+
+def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
+    head = (
+        "| target | conc | reqs | ok | req/s | out tok/s | TTFT p50/p90/p99 ms "
+        "| TPOT p50/p90/p99 ms | ITL p50/p99 ms | E2EL p50/p99 ms |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in runs:
+        lines.append(
+            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {r['num_prompts']} "
+            f"| {r['completed']} | {r['request_throughput']:.2f} | {r['output_throughput']:,.0f} "
+            f"| {r['p50_ttft_ms']:.1f} / {r['p90_ttft_ms']:.1f} / {r['p99_ttft_ms']:.1f} "
+            f"| {r['p50_tpot_ms']:.2f} / {r['p90_tpot_ms']:.2f} / {r['p99_tpot_ms']:.2f} "
+            f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
+            f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
+        )
+    if rat:
+        lines += [
+            "",
+            "| conc | out tok/s genq/direct | TTFT p50 +ms | TPOT p50 genq/direct |",
+            "|---|---|---|---|",
+        ]
+        for x in rat:
+            lines.append(
+                f"| {x['max_concurrency'] or 'inf'} | {x['output_throughput_ratio']:.3f} "
+                f"| {x['ttft_p50_overhead_ms']:+.1f} | {x['tpot_p50_ratio']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    worker_args = [a for a in args.worker_args if a != "--"]
+    model = args.model or _served_name(worker_args)
+    if model is None:
+        raise SystemExit("genq bench: give --model (or worker args after --)")
+    lo, hi = (int(x) for x in args.vocab_range.split(","))
+    pairs = _pairs(args)
+    common = dict(
+        input_len=args.random_input_len,
+        output_len=args.random_output_len,
+        range_ratio=args.random_range_ratio,
+        chat=args.prompt_kind == "chat",
+        vocab=(lo, hi),
+    )
+    plan = [
+        (conc, n, make_requests(n, seed=args.seed + i, **common))  # type: ignore[arg-type]
+        for i, (conc, n) in enumerate(pairs)
+    ]
+    warm = make_requests(args.warmup, seed=args.seed + 10_000, **common)  # type: ignore[arg-type]
+    info: dict[str, Any] = {
+        "label": args.label,
+        "endpoint": args.endpoint,
+        "model": model,
+        "worker_args": worker_args,
+        "random_input_len": args.random_input_len,
+        "random_output_len": args.random_output_len,
+        "ignore_eos": args.ignore_eos,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "genq bench "
+        + " ".join(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:]),
+    }
+    runs: list[dict[str, Any]] = []
+    stack: LaunchedStack | None = None
+    try:
+        base_url = args.base_url
+        if args.direct_only:
+            direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
+            return {"info": info, "runs": direct_runs, "ratios": []}
+        if args.launch:
+            t0 = time.perf_counter()
+            stack = LaunchedStack(worker_args, args.state_dir, None)
+            await stack.wait_ready(model, args.ready_timeout)
+            info["genq_start_s"] = time.perf_counter() - t0
+            base_url = stack.base_url
+        runs += await _genq_side(args, plan, warm, model, base_url)
+        if stack is not None and args.baseline == "direct":
+            stack.stop_worker()  # free the accelerator for the in-process engine
+        if args.baseline == "direct":
+            direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
+            runs += direct_runs
+    finally:
+        if stack is not None:
+            stack.stop()
+    return {"info": info, "runs": runs, "ratios": ratios(runs)}
+
+
+def summary_line(result: dict[str, Any]) -> dict[str, Any]:
+    """The one final JSON line: headline numbers only (the raw lists go to --out)."""
+    keys = (
+        "output_throughput",
+        "request_throughput",
+        "p50_ttft_ms",
+        "p99_ttft_ms",
+        "p50_tpot_ms",
+        "p50_itl_ms",
+        "p50_e2el_ms",
+        "completed",
+        "failed",
+    )
+    return {
+        "runs": [
+            {
+                "target": r["target"],
+                "max_concurrency": r["max_concurrency"],
+                **{k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys},
+            }
+            for r in result["runs"]
+        ],
+        "ratios": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()}
+            for x in result["ratios"]
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(amain(args))
+    print(table(result["runs"], result["ratios"]))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(summary_line(result)), flush=True)
+
+
+__all__ = ["RequestResult", "asdict", "main", "make_requests", "metrics", "run_load"]
+
+if __name__ == "__main__":
+    main()
