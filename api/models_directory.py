@@ -22,9 +22,9 @@ class ModelDirectory:
         self._at = 0.0
         self._served: dict[str, list[WorkerInfo]] = {}
 
-    async def served(self) -> dict[str, list[WorkerInfo]]:
+    async def served(self, *, fresh: bool = False) -> dict[str, list[WorkerInfo]]:
         now = time.monotonic()
-        if now - self._at > self.cache_s:
+        if fresh or now - self._at > self.cache_s:
             self._served = models_served(await live_workers(self.redis, self.settings.worker_ttl_s))
             self._at = now
         return self._served
@@ -37,6 +37,9 @@ class ModelDirectory:
         them (the job waits in the queue), unless `need_worker` (synchronous callers)."""
         model = name or self.settings.default_model
         served = await self.served()
+        if model not in served:
+            # Only hits are cached: a worker that just came up is seen at once.
+            served = await self.served(fresh=True)
         if model in served:
             return model
         if model not in self.configured():
