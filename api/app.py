@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = redis_from_url(settings.redis_url, socket_timeout=5.0, max_connections=512)
+        redis = redis_from_url(
+            settings.redis_url, reconnect_once=True, socket_timeout=5.0, max_connections=512
+        )
         store = JobStore(
             redis, retention_s=settings.retention_s, max_attempts=settings.max_attempts
         )

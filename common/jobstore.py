@@ -406,15 +406,27 @@ def record_from_hash(
     )
 
 
-def redis_from_url(url: str, **kw: Any) -> aioredis.Redis:
+def redis_from_url(url: str, *, reconnect_once: bool = False, **kw: Any) -> aioredis.Redis:
     """The one way genq opens Redis: short connect timeout so outages fail fast (503, not a
-    hang), health checks on idle pooled connections, TLS when the URL says rediss://."""
+    hang), health checks on idle pooled connections, TLS when the URL says rediss://.
+
+    `reconnect_once`: retry a command once, on a fresh connection, after a connection error.
+    After a Redis restart every pooled connection is dead, and without it each one fails
+    one request (a 503 well after Redis is back). Only for callers whose commands are safe
+    to repeat (the API: its writes name the job id); a worker's claim is not."""
     opts: dict[str, Any] = {
         "socket_connect_timeout": 2.0,
         "socket_keepalive": True,
         "health_check_interval": 15,
         "retry_on_timeout": False,
     }
+    if reconnect_once:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ConstantBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        opts["retry"] = Retry(ConstantBackoff(0.05), 1)
+        opts["retry_on_error"] = [RedisConnectionError]
     opts.update(kw)
     if "max_connections" in opts:
         # redis-py's default pool raises "Too many connections" the moment it is exhausted

@@ -20,6 +20,7 @@ import pytest
 
 from common import keys
 from common.taskspec import TASK_NAME, queue_lists
+from genq.redis_server import LocalRedis
 from tests.stack import DEFAULT_MODEL, Stack, submit, wait_job
 
 pytestmark = pytest.mark.timeout(180)
@@ -370,6 +371,12 @@ def test_redis_down_then_back(stack: Stack) -> None:
         # The worker buffered its deltas through the outage and lost none.
         assert rec["status"] == "succeeded", rec
         assert rec["text"].split() == [f"tok{i}" for i in range(400)]
+        # Every pooled API connection died with Redis; none may cost a request a 503.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: c.get(f"/v1/jobs/{job['id']}").status_code, range(64)))
+        assert codes == [200] * 64, codes
         new = submit(c, {"prompt": "again", "params": {"max_tokens": 3}})
         assert wait_job(c, new["id"], timeout=30)["status"] == "succeeded"
     assert stack.running_jobs() == []
@@ -554,3 +561,30 @@ def test_engine_death_fails_jobs_and_stops_consuming(stack: Stack) -> None:
             rec = wait_job(c, j["id"], timeout=30)
             assert rec["status"] == "succeeded" and rec["worker"] == "w2"
     assert stack.running_jobs() == []
+
+
+def test_api_redis_client_survives_a_restart_without_a_failed_request(
+    redis_server: LocalRedis,
+) -> None:
+    """After a Redis restart every pooled connection is dead; the API's client retries once
+    on a fresh connection, so the first request after the restart does not get a 503."""
+    import asyncio
+
+    import redis.exceptions as rex
+
+    from common.jobstore import redis_from_url
+
+    async def ping_across_restart(reconnect_once: bool) -> bool:
+        r = redis_from_url(redis_server.url, reconnect_once=reconnect_once)
+        try:
+            await r.ping()  # one pooled connection, now idle
+            redis_server.restart()
+            try:
+                return bool(await r.ping())
+            except rex.ConnectionError:
+                return False
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(ping_across_restart(reconnect_once=True))
+    assert not asyncio.run(ping_across_restart(reconnect_once=False))  # what it fixes
