@@ -12,6 +12,18 @@ import httpx
 from rich.console import Console
 
 
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    """--url and --api-key, shared by every command that talks to the API."""
+    p.add_argument(
+        "--url",
+        default=os.environ.get("GENQ_URL", "http://127.0.0.1:8000"),
+        help="API base URL (env GENQ_URL; default %(default)s)",
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("GENQ_API_KEY"), help="API key (env GENQ_API_KEY)"
+    )
+
+
 def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
     """(event, data) pairs from an SSE line stream."""
     event, data = "message", list[str]()
@@ -91,14 +103,7 @@ the job id, tokens, time to first token and tokens/s (-v prints it when piped to
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("question", nargs="?", help="the question (omit for an interactive session)")
-    p.add_argument(
-        "--url",
-        default=os.environ.get("GENQ_URL", "http://127.0.0.1:8000"),
-        help="API base URL (env GENQ_URL; default %(default)s)",
-    )
-    p.add_argument(
-        "--api-key", default=os.environ.get("GENQ_API_KEY"), help="API key (env GENQ_API_KEY)"
-    )
+    add_connection_args(p)
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
     p.add_argument("--max-tokens", type=int, default=256, help="default %(default)s")
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy; default %(default)s")

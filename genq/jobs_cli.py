@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from genq.chat import iter_sse
+from genq.chat import add_connection_args, iter_sse
 
 EXAMPLES = """examples:
   genq jobs list                          # your latest jobs
@@ -38,17 +37,6 @@ STATUS_STYLE = {
     "cancelled": "magenta",
     "expired": "red",
 }
-
-
-def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--url",
-        default=os.environ.get("GENQ_URL", "http://127.0.0.1:8000"),
-        help="API base URL (env GENQ_URL; default %(default)s)",
-    )
-    p.add_argument(
-        "--api-key", default=os.environ.get("GENQ_API_KEY"), help="API key (env GENQ_API_KEY)"
-    )
 
 
 def client_for(args: argparse.Namespace) -> httpx.Client:

@@ -26,6 +26,17 @@ def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
     r.stop()
 
 
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """Redis + the API, no worker, for one test: it starts the workers it needs."""
+    s = Stack(tmp_path)
+    try:
+        s.start_api()
+        yield s
+    finally:
+        s.stop()
+
+
 @pytest.fixture(scope="session")
 def sim_stack(session_tmp: Path) -> Iterator[Stack]:
     """Redis + one simulated-engine worker (test double) + the API, shared by the session."""

@@ -4,23 +4,9 @@ there is room again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import redis
 
 from tests.stack import Stack
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        s.start_api()
-        yield s
-    finally:
-        s.stop()
 
 
 def test_full_redis_gives_503_then_recovers(stack: Stack) -> None:

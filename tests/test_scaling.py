@@ -7,25 +7,13 @@ failed `worker_lost`); 2 workers give ~2x the throughput of 1."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from benchmarks.scaling import measure
 from tests.stack import Stack, submit, wait_job
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        s.start_api()
-        yield s
-    finally:
-        s.stop()
 
 
 def _records(c: httpx.Client, ids: list[str]) -> dict[str, dict[str, Any]]:

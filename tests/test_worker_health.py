@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
-import pytest
 
 from genq.redis_server import free_port
 from tests.stack import DEFAULT_MODEL, Stack, submit, wait_job
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        s.start_api()
-        yield s
-    finally:
-        s.stop()
 
 
 def _metric(text: str, name: str) -> float:
