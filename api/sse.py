@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -32,7 +33,44 @@ def ndjson_line(ev: StreamEvent) -> str:
     return _error_payload(ev) + "\n"
 
 
-async def encode(events: AsyncIterator[StreamEvent], ndjson: bool) -> AsyncIterator[str]:
+KEEPALIVE = ": keepalive\n\n"
+
+
+async def encode(
+    events: AsyncIterator[StreamEvent], ndjson: bool, keepalive_s: float | None = None
+) -> AsyncIterator[str]:
+    """Frame the events. On SSE, a comment line goes out after `keepalive_s` of silence (a
+    job waiting in the queue, a long prefill), so proxies and load balancers do not cut an
+    idle stream; clients ignore comments."""
     fmt = ndjson_line if ndjson else sse_frame
-    async for ev in events:
-        yield fmt(ev)
+    if ndjson or not keepalive_s:
+        async for ev in events:
+            yield fmt(ev)
+        return
+    it = aiter(events)
+
+    async def next_event() -> StreamEvent | None:
+        try:
+            return await anext(it)
+        except StopAsyncIteration:
+            return None
+
+    pending: asyncio.Task[StreamEvent | None] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(next_event())
+            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+            if not done:
+                yield KEEPALIVE
+                continue
+            nxt, pending = pending.result(), None
+            if nxt is None:
+                return
+            yield fmt(nxt)
+    finally:
+        if pending is not None:
+            pending.cancel()
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -221,7 +221,7 @@ async def job_events(
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
     events = relay.listen(job_id, after_seq=after_seq)
     return StreamingResponse(
-        encode(events, ndjson),
+        encode(events, ndjson, request.app.state.settings.sse_keepalive_s),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-genq-job-id": job_id},
     )
