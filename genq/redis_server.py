@@ -34,7 +34,7 @@ class LocalRedis:
                 "redis-server not found on PATH: install Redis (Debian: apt-get install "
                 "redis-server) or set REDIS_URL to an existing Redis"
             )
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).resolve()  # redis-server chdirs to --dir first
         self.port = port or free_port()
         self.password = password
         self.appendonly = appendonly

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,16 @@ def test_chat_one_shot_and_interactive(sim_stack: Stack) -> None:
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("tok0 tok1") == 2
+
+
+def test_local_redis_with_a_relative_data_dir(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`genq up` passes `.genq/redis`: redis-server chdirs to --dir before opening its log,
+    so a relative path must be made absolute first."""
+    from genq.redis_server import LocalRedis
+
+    monkeypatch.chdir(tmp_path)
+    r = LocalRedis(Path(".genq/redis")).start()
+    try:
+        assert r.ping() and (tmp_path / ".genq/redis/redis.log").exists()
+    finally:
+        r.stop()
