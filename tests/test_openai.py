@@ -21,6 +21,7 @@ import openai
 import pytest
 import redis as sync_redis
 
+from api.enqueue import DEPTH_TTL_S
 from common import keys
 from common.jobstore import JobStore, PendingDelta, redis_from_url
 from common.models import JobError, JobRequest
@@ -473,7 +474,12 @@ def test_queue_full_is_429_no_worker_is_503(sim_stack: Stack, second_api: Stack)
         slow = {"model": "slow-model", "prompt": "x", "params": {"max_tokens": 500}}
         ids = [c.post("/v1/jobs", json=slow).json()["id"]]
         wait_status(second_api, ids[0], "running", within=30)  # the worker's only slot
-        ids.append(c.post("/v1/jobs", json=slow).json()["id"])  # waits in the queue
+        # the API's depth figure lags consumption by up to DEPTH_TTL_S (it counts its own
+        # sends until it re-reads Redis): let it see that the worker took the first job
+        time.sleep(DEPTH_TTL_S + 0.1)
+        second = c.post("/v1/jobs", json=slow)  # waits in the queue
+        assert second.status_code == 202, second.text
+        ids.append(second.json()["id"])
         r = sync_redis.Redis.from_url(second_api.redis.url)
         try:
             depth = sum(int(r.llen(q)) for q in queue_lists("slow-model"))

@@ -11,6 +11,7 @@ Settings that matter for hosting an async engine under Celery:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,12 @@ from celery.exceptions import Reject
 from common import keys
 from common.models import JobRecord
 from common.settings import Settings
-from common.taskspec import TASK_NAME, broker_transport_options, shadow_name
+from common.taskspec import (
+    TASK_NAME,
+    broker_transport_options,
+    job_id_from_message,
+    shadow_name,
+)
 from worker.host import EngineHost, NotAccepting
 
 log = logging.getLogger("genq.worker")
@@ -129,19 +135,40 @@ def restore_unacked_task(app: Celery) -> Callable[[], int]:
     belongs to a job that is still `queued` and in no one's `running` set, so the reaper's
     job scan cannot see it, and kombu would only restore it after the visibility timeout
     (hours). kombu does not record which consumer holds a message, so on a worker's death
-    we put EVERY unacked message back on its queue: the dead worker's are now redelivered,
-    and a live worker's in-progress ones come back as duplicates that claim.lua drops
-    (`skip`: running or terminal). Returns how many messages were restored.
+    we put back every unacked message whose job is still `queued`: the dead worker's
+    unclaimed ones are redelivered (a live worker's prefetched-but-unclaimed one comes back
+    as a duplicate that claim.lua drops). Messages of running or finished jobs stay: the
+    reaper handles the dead worker's running jobs, and re-queuing live workers' in-progress
+    messages would only inflate queue depth (spurious 429s) and cause duplicate deliveries.
+    Returns how many messages were restored.
     """
 
     def restore() -> int:
+        restored = 0
         with app.connection_for_write() as conn:
             channel: Any = conn.default_channel
             qos = channel.qos
             with channel.conn_or_acquire() as client:
-                tags = client.zrange(qos.unacked_index_key, 0, -1)
-                for tag in tags:
+                for tag in client.zrange(qos.unacked_index_key, 0, -1):
+                    raw = client.hget(qos.unacked_key, tag)
+                    if raw is None or not _job_waits(client, raw):
+                        continue
                     qos.restore_by_tag(tag, client)
-        return len(tags)
+                    restored += 1
+        return restored
 
     return restore
+
+
+def _job_waits(client: Any, unacked_entry: bytes) -> bool:
+    """True unless the entry's job is known and no longer `queued` (kombu stores an unacked
+    message as JSON [envelope, exchange, routing_key])."""
+    try:
+        envelope = json.loads(unacked_entry)[0]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return True
+    job_id = job_id_from_message(json.dumps(envelope))
+    if job_id is None:
+        return True
+    status = client.hget(keys.job(job_id), "status")
+    return status is None or status == b"queued"
