@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from common import keys
+from common.models import WorkerInfo
 from common.taskspec import TASK_NAME, queue_lists
 from genq.redis_server import LocalRedis
 from tests.stack import DEFAULT_MODEL, Stack, submit, wait_job
@@ -154,7 +155,6 @@ def test_messages_a_dead_worker_received_but_never_claimed_are_recovered(stack: 
     """A worker can die after Celery handed it a message (now in kombu's unacked hash) but
     before claim.lua ran: the job is still `queued`, in no running set, and kombu would only
     restore it after the visibility timeout (hours). The reaper must recover it."""
-    import json as _json
     import subprocess
     import sys
 
@@ -180,10 +180,7 @@ def test_messages_a_dead_worker_received_but_never_claimed_are_recovered(stack: 
         r = stack.redis_client()
         assert r.hlen("unacked") == 1
         # It had heartbeated, then went silent (what a SIGKILL leaves behind).
-        ghost = {"id": "ghost", "model": DEFAULT_MODEL, "max_model_len": 4096,
-                 "max_num_seqs": 8, "in_flight": 0, "ready": True, "started_at": 0,
-                 "heartbeat_at": time.time() - 60, "hostname": "x"}  # fmt: skip
-        r.hset(keys.WORKERS, "ghost", _json.dumps(ghost))
+        _plant_silent_worker(r)
         r.close()
         stack.start_worker()
         rec = wait_job(c, job["id"], timeout=30)
@@ -199,8 +196,6 @@ def test_message_popped_by_a_worker_that_died_before_recording_it_is_resent(
     a worker killed in between takes the message with it, and nothing in Celery brings it
     back. When a worker is buried, the reaper re-sends queued jobs whose message exists
     nowhere (genq:queued against the queue lists and the unacked hash)."""
-    import json as _json
-
     with stack.client() as c:
         job = submit(c, {"prompt": "x", "params": {"max_tokens": 3}})
         r = stack.redis_client()
@@ -208,10 +203,7 @@ def test_message_popped_by_a_worker_that_died_before_recording_it_is_resent(
         assert len(lists) == 1 and job["id"].encode() in r.lindex(lists[0], 0)
         r.rpop(lists[0])  # what BRPOP does; the "worker" then dies before recording it
         assert queued_messages(stack) == 0 and r.hlen("unacked") == 0
-        ghost = {"id": "ghost", "model": DEFAULT_MODEL, "max_model_len": 4096,
-                 "max_num_seqs": 8, "in_flight": 0, "ready": True, "started_at": 0,
-                 "heartbeat_at": time.time() - 60, "hostname": "x"}  # fmt: skip
-        r.hset(keys.WORKERS, "ghost", _json.dumps(ghost))
+        _plant_silent_worker(r)
         r.close()
         stack.start_worker()
         rec = wait_job(c, job["id"], timeout=30)
@@ -588,3 +580,12 @@ def test_api_redis_client_survives_a_restart_without_a_failed_request(
 
     assert asyncio.run(ping_across_restart(reconnect_once=True))
     assert not asyncio.run(ping_across_restart(reconnect_once=False))  # what it fixes
+
+
+def _plant_silent_worker(r: Any) -> None:
+    """A worker that heartbeated, then went silent (what a SIGKILL leaves behind)."""
+    ghost = WorkerInfo(
+        id="ghost", model=DEFAULT_MODEL, max_model_len=4096, max_num_seqs=8,
+        started_at=0, heartbeat_at=time.time() - 60, hostname="x",
+    )  # fmt: skip
+    r.hset(keys.WORKERS, "ghost", ghost.model_dump_json())
