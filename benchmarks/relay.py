@@ -49,6 +49,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 once it is gone)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return 0.0
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -200,11 +209,15 @@ async def phase_relay(
 
 
 async def phase_publish(
-    session: aiohttp.ClientSession, base: str, model: str, jobs: int, tokens: int
+    session: aiohttp.ClientSession, base: str, model: str, jobs: int, tokens: int, worker_pid: int
 ) -> dict:
-    """Jobs stream with no client attached: what one worker writes to Redis per second."""
+    """Jobs stream with no client attached: what one worker writes to Redis per second, and
+    the worker's CPU per token (less noisy than tokens/s on a shared machine: it is the cost
+    that competes with the engine for the worker's GIL)."""
+    cpu0 = cpu_s(worker_pid)
     ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(jobs)))
     records = await wait_jobs(session, base, list(ids))
+    cpu = cpu_s(worker_pid) - cpu0
     start = min(r["started_at"] for r in records if r.get("started_at"))
     end = max(r["finished_at"] for r in records if r.get("finished_at"))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
@@ -213,6 +226,8 @@ async def phase_publish(
         "tokens": toks,
         "seconds": end - start,
         "tokens_per_s": toks / (end - start),
+        "worker_cpu_s": round(cpu, 2),
+        "worker_cpu_us_per_token": round(cpu / max(1, toks) * 1e6, 1),
     }
 
 
@@ -258,9 +273,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
             await phase_relay(s, base, "sim", 16, 10, stack.api.pid)  # warm up
-            pub = await phase_publish(s, base, "sim", args.publish_jobs, args.tokens)
+            pub = await phase_publish(
+                s, base, "sim", args.publish_jobs, args.tokens, stack.worker.pid
+            )
             out["publish"] = pub
             print(f"publish: {pub}", file=sys.stderr)
+            if args.publish_only:
+                return out
             rel = await phase_relay(s, base, "sim", args.clients, args.tokens, stack.api.pid)
             out["relay"] = rel
             print(f"relay: {rel}", file=sys.stderr)
@@ -310,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--enqueue-jobs", type=int, default=2000)
     p.add_argument("--streams", type=int, default=1000, help="open streams for the RSS phase")
     p.add_argument("--state-dir", default=".genq/bench-relay")
+    p.add_argument(
+        "--publish-only",
+        action="store_true",
+        help="run only the publish phase (worker tokens/s and CPU per token), print it, stop",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--write-docs", action="store_true", help="update docs/BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -320,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         pass
     res = asyncio.run(run(args))
+    if args.publish_only:
+        print(json.dumps(res["publish"]))
+        return
     res["info"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -2,7 +2,7 @@
 
 Both the API and the workers use it (asyncio, redis.asyncio). Hot paths are batched: the
 worker hands `append_deltas` every job's new text of one loop tick and it goes out as one
-pipeline (one round trip), whatever the number of jobs.
+script call (one round trip, one reply), whatever the number of jobs.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class ClaimResult:
     outcome: str  # claimed | skip | expired | exhausted | missing
     attempts: int = 0
     status: str = ""
+    record: JobRecord | None = None  # the claimed job, read in the same script call
 
 
 class JobStore:
@@ -264,30 +265,28 @@ class JobStore:
         )
         outcome, extra = _s(res[0]), res[1]
         if outcome == "claimed":
-            return ClaimResult(outcome, attempts=int(extra))
+            flat = res[2:]
+            record = record_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)), "")
+            return ClaimResult(outcome, attempts=int(extra), record=record)
         return ClaimResult(outcome, status=_s(extra))
 
     async def append_deltas(self, worker_id: str, batch: Sequence[PendingDelta]) -> list[int]:
-        """One pipeline for every job's delta of this tick. Returns each seq, -1 if refused."""
+        """Every job's delta of this tick in ONE script call (one round trip, one reply).
+        Returns each seq, -1 if refused."""
         if not batch:
             return []
-        now = repr(time.time())
-        pipe = self.redis.pipeline(transaction=False)
+        keys_: list[str] = []
+        args: list[str | int] = [worker_id, repr(time.time())]
         for d in batch:
-            await self._append(
-                keys=job_keys(d.job_id),
-                args=[
-                    d.job_id,
-                    worker_id,
-                    now,
-                    d.text,
-                    d.tokens,
-                    "" if d.prompt_tokens is None else d.prompt_tokens,
-                    d.logprobs,
-                ],
-                client=pipe,
-            )
-        return [int(x) for x in await pipe.execute()]
+            jid = d.job_id
+            keys_ += [keys.job(jid), keys.job_log(jid), keys.job_text(jid), keys.events(jid)]
+            args += [
+                d.text,
+                d.tokens,
+                "" if d.prompt_tokens is None else d.prompt_tokens,
+                d.logprobs,
+            ]
+        return [int(x) for x in await self._append(keys=keys_, args=args)]
 
     async def finish(
         self,

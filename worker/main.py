@@ -98,7 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=None,
-        help="jobs delivered at once (default: max-num-seqs)",
+        help="jobs taken from the queue at once (default: max-num-seqs + --prefetch-extra)",
+    )
+    w.add_argument(
+        "--prefetch-extra",
+        type=int,
+        default=None,
+        help="jobs taken beyond the engine's batch size, so a finished job's slot is refilled "
+        "from the engine's own waiting queue at once instead of after the next queue fetch "
+        "(default: max-num-seqs/16, at least 2; 0 = exactly max-num-seqs). More keeps the "
+        "batch fuller; fewer spreads a backlog more evenly over workers",
     )
     w.add_argument(
         "--drain-timeout",
@@ -200,6 +209,17 @@ def build_engine(args: argparse.Namespace) -> Any:
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+def job_concurrency(max_num_seqs: int, prefetch_extra: int | None) -> int:
+    """Celery deliveries held at once: the engine's batch plus a few waiting in the engine.
+
+    Without the extra, every slot freed by a finished job stays empty until its task has
+    acked and the consumer has fetched another message (a Redis round trip on a loop that
+    shares the GIL with the engine); with it, the engine's scheduler already holds the next
+    job. Those waiting jobs show as `running` (claimed) while they queue in the engine."""
+    extra = max(2, max_num_seqs // 16) if prefetch_extra is None else max(0, prefetch_extra)
+    return max_num_seqs + extra
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -235,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
 
         serve_health(host, args.health_port)
     queue = keys.queue_for_model(engine.info.model)
-    concurrency = args.concurrency or engine.info.max_num_seqs
+    concurrency = args.concurrency or job_concurrency(engine.info.max_num_seqs, args.prefetch_extra)
     log.info(
         "worker %s ready: model=%s queue=%s concurrency=%d",
         host.worker_id,

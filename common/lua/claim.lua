@@ -1,7 +1,8 @@
 -- Atomic claim by a worker: queued -> running. A duplicate delivery finds the job running
 -- or terminal and is dropped (invariant 2).
 -- ARGV[1] job id; ARGV[2] worker id; ARGV[3] now; ARGV[4] max attempts; ARGV[5] retention s
--- Returns {'claimed', attempts} | {'skip', status} | {'expired', ''} | {'exhausted', ''}
+-- Returns {'claimed', attempts, field, value, ...} (the claimed record: the worker needs no
+--         second round trip to read it) | {'skip', status} | {'expired', ''} | {'exhausted', ''}
 --         | {'missing', ''}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', ''} end
@@ -23,4 +24,6 @@ end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
-return {'claimed', attempts}
+local out = {'claimed', attempts}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out
