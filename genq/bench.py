@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -525,6 +526,9 @@ class LaunchedStack:
         self.state_dir = state_dir
         self.logs = state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        # An empty Redis each time: a killed earlier run's heartbeats (a 'ready' w2) or
+        # queued messages in the append-only file would skew the waits and the load.
+        shutil.rmtree(state_dir / "redis", ignore_errors=True)
         self.redis = LocalRedis(state_dir / "redis", port=free_port()).start()
         self.api_port = api_port or free_port()
         self.env = {**os.environ, "REDIS_URL": self.redis.url, "PYTHONUNBUFFERED": "1"}
@@ -671,7 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=Path(".genq/bench"),
-        help="--launch: Redis data and logs/ (api.log, worker.log, worker-2.log, ...)",
+        help="--launch: Redis data (emptied at each launch) and logs/ (api.log, worker.log, "
+        "worker-2.log, ...; appended to)",
     )
     t.add_argument(
         "--endpoint",
