@@ -589,12 +589,12 @@ class LaunchedStack:
     ) -> None:
         """Until the API lists `model` and `workers` (default: all launched) workers report
         ready for it in the worker directory (genq:workers)."""
-        workers = len(self.workers) if workers is None else workers
         import httpx
         import redis.asyncio as aioredis
 
         from common.workers import all_workers, models_served
 
+        workers = len(self.workers) if workers is None else workers
         deadline = time.monotonic() + timeout
         ready = 0
         redis = aioredis.Redis.from_url(self.redis.url)
@@ -1026,11 +1026,15 @@ def table(
 
 
 def _worker_counts(args: argparse.Namespace) -> list[int]:
+    launched = (args.workers, args.api_workers, args.gpu_per_worker, args.scale_workers)
+    if not args.launch and launched != (1, 1, False, ""):
+        raise SystemExit(
+            "genq bench: --workers, --api-workers, --gpu-per-worker and --scale-workers "
+            "shape the launched stack: add --launch"
+        )
     if not args.scale_workers:
         return [args.workers]
     counts = [int(n) for n in args.scale_workers.split(",") if n]
-    if not args.launch:
-        raise SystemExit("genq bench: --scale-workers needs --launch")
     if not counts or counts[0] < 1 or counts != sorted(set(counts)):
         raise SystemExit("genq bench: --scale-workers takes ascending counts, e.g. 1,2")
     return counts
