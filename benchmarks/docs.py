@@ -1,8 +1,10 @@
 """Writes benchmark results into docs/BENCHMARKS.md (between marker comments) and draws plots.
 
   python -m benchmarks.docs serve NAME RESULT.json [RESULT.json ...]
-      one `genq bench` result per model shape -> section NAME, plus
-      docs/img/<NAME>-throughput.png (output tok/s vs concurrency, direct vs genq) and
+      one `genq bench` result per model shape -> section NAME (the runs; where genq's time
+      went, when the result has stages; genq/direct ratios; scaling over worker counts), plus
+      docs/img/<NAME>-throughput.png (output tok/s vs concurrency, one line per target:
+      direct, genq or genq-1w/genq-2w) and
       docs/img/<NAME>-ttft-cdf.png (TTFT CDF at concurrency 64, or the largest run)
 
 The relay benchmark calls `write_relay_section` itself (`make bench`).
@@ -84,6 +86,59 @@ def _load(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in paths]
 
 
+STAGE_NOTES = (
+    "submit: client POST -> record created; queue: created -> claimed by a worker (Celery "
+    "delivery + claim); engine_first: claimed -> first token stored (engine TTFT + first "
+    "publish); relay_first / relay_end: first token / end stored -> seen by the client "
+    "(Redis pub/sub -> API -> SSE)."
+)
+
+
+def stage_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Where each genq run's time went, one row per run (ms, p50 / p90 / p99)."""
+    from genq.bench import STAGES
+
+    staged = [r for r in runs if r.get("stages_ms")]
+    if not staged:
+        return []
+    out = [
+        "",
+        f"Where genq's time goes, per job (ms, p50 / p90 / p99). {STAGE_NOTES}",
+        "",
+        "| side | conc | workers | " + " | ".join(STAGES) + " | jobs per worker |",
+        "|" + "---|" * (4 + len(STAGES)),
+    ]
+    for r in staged:
+        st = r["stages_ms"]
+        cells = [
+            f"{st[k]['p50']:.1f} / {st[k]['p90']:.1f} / {st[k]['p99']:.1f}" if k in st else "-"
+            for k in STAGES
+        ]
+        per_worker = ", ".join(f"{w}: {n}" for w, n in r.get("jobs_per_worker", {}).items())
+        out.append(
+            f"| {r['target']} | {r['max_concurrency']} | {r.get('workers') or '-'} | "
+            + " | ".join(cells)
+            + f" | {per_worker or '-'} |"
+        )
+    return out
+
+
+def scaling_table(scaling: list[dict[str, Any]]) -> list[str]:
+    if not scaling:
+        return []
+    out = [
+        "",
+        "| conc | workers | out tok/s over the first count | req/s over the first count |",
+        "|---|---|---|---|",
+    ]
+    for x in scaling:
+        out.append(
+            f"| {x['max_concurrency']} | {x['workers']} / {x['base_workers']} "
+            f"| **{x['output_throughput_ratio']:.3f}** | {x['request_throughput_ratio']:.3f} |"
+        )
+    return out
+
+
 def serve_tables(results: list[dict[str, Any]]) -> str:
     out = []
     for res in results:
@@ -91,16 +146,21 @@ def serve_tables(results: list[dict[str, Any]]) -> str:
         out.append(f"**{info['label'] or info['model']}** ({info['date']})\n")
         out.append(f"Command: `{info['command']}`\n")
         if "genq_start_s" in info:
+            more = "".join(
+                f", {n} workers +{s:.0f} s" for n, s in info.get("scale_start_s", {}).items()
+            )
+            direct = f", direct {info['direct_start_s']:.0f} s" if "direct_start_s" in info else ""
             out.append(
-                f"Engine start: worker {info['genq_start_s']:.0f} s (to first model listing), "
-                f"direct {info.get('direct_start_s', 0):.0f} s.\n"
+                f"Engine start: worker {info['genq_start_s']:.0f} s (to first model listing)"
+                f"{more}{direct}.\n"
             )
         out.append(
             "| side | conc | reqs | ok | req/s | out tok/s | TTFT p50 / p90 / p99 ms "
             "| TPOT p50 / p90 / p99 ms | ITL p50 / p99 ms | E2EL p50 / p99 ms |"
         )
         out.append("|---|---|---|---|---|---|---|---|---|---|")
-        for r in sorted(res["runs"], key=lambda r: (r["max_concurrency"] or 0, r["target"])):
+        runs = sorted(res["runs"], key=lambda r: (r["max_concurrency"] or 0, r["target"]))
+        for r in runs:
             out.append(
                 f"| {r['target']} | {r['max_concurrency']} | {r['num_prompts']} | {r['completed']} "
                 f"| {r['request_throughput']:.2f} | {r['output_throughput']:,.0f} "
@@ -109,20 +169,29 @@ def serve_tables(results: list[dict[str, Any]]) -> str:
                 f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
                 f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
             )
+        out += stage_table(runs)
         if res["ratios"]:
             out.append("")
             out.append(
-                "| conc | out tok/s genq / direct | TTFT p50 genq - direct | "
+                "| side | conc | out tok/s genq / direct | TTFT p50 genq - direct | "
                 "TPOT p50 genq / direct |"
             )
-            out.append("|---|---|---|---|")
+            out.append("|---|---|---|---|---|")
             for x in res["ratios"]:
                 out.append(
-                    f"| {x['max_concurrency']} | **{x['output_throughput_ratio']:.3f}** "
+                    f"| {x.get('target', 'genq')} | {x['max_concurrency']} "
+                    f"| **{x['output_throughput_ratio']:.3f}** "
                     f"| {x['ttft_p50_overhead_ms']:+.1f} ms | {x['tpot_p50_ratio']:.3f} |"
                 )
+        out += scaling_table(res.get("scaling", []))
         out.append("")
     return "\n".join(out)
+
+
+def _targets(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """(target, line style): direct dashed, genq runs (genq, genq-1w, genq-2w...) solid."""
+    names = sorted({r["target"] for r in res["runs"]}, key=lambda t: (t != "direct", t))
+    return [(t, "--" if t == "direct" else "-") for t in names]
 
 
 def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
@@ -136,7 +205,8 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for res in results:
         tag = res["info"]["model"]
-        for target, style in (("direct", "o--"), ("genq", "s-")):
+        for target, style in _targets(res):
+            style = ("o" if target == "direct" else "s") + style
             pts = sorted(
                 (r["max_concurrency"], r["output_throughput"])
                 for r in res["runs"]
@@ -147,7 +217,7 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("max concurrency")
     ax.set_ylabel("output tokens/s")
-    ax.set_title("Output throughput: bare AsyncLLM (direct) vs genq")
+    ax.set_title("Output throughput: bare AsyncLLM (direct) and genq")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -161,7 +231,7 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
         tag = res["info"]["model"]
         concs = sorted({r["max_concurrency"] or 0 for r in res["runs"]})
         conc = 64 if 64 in concs else concs[-1]
-        for target, style in (("direct", "--"), ("genq", "-")):
+        for target, style in _targets(res):
             r = next(
                 (
                     r

@@ -5,6 +5,8 @@
 # usage: gpu_run.sh MODEL_DIR NAME CONCURRENCIES NUM_PROMPTS SIDE [more genq worker args...]
 #   SIDE: both | genq | direct   (one device call holds at most ~10 min: with a cold
 #   torch.compile cache one engine start can take most of that, so split the sides then)
+#   SIDE scale: 1 worker, then 2 (one GPU each) behind 4 API processes, no direct side
+#   (benchmarks/gpu_scaling.sh; needs 2 GPUs)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -14,11 +16,16 @@ export PYTHONPATH=/root/site:$ROOT PYTHONUNBUFFERED=1
 OUTD=${OUT:-/tmp/genq-out}; mkdir -p "$OUTD"
 LIMIT=${GENQ_BENCH_LIMIT_S:-560}
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-echo "gpu: $GPU; start $(date -u +%H:%M:%S)"
+NGPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+echo "gpu: ${NGPU}x $GPU; start $(date -u +%H:%M:%S)"
 case $SIDE in
   both) MODE=(--launch --baseline direct) ;;
   genq) MODE=(--launch) ;;
   direct) MODE=(--direct-only --baseline direct) ;;
+  scale)
+    [ "$NGPU" -ge 2 ] || { echo "scale needs 2 GPUs, found $NGPU"; exit 2; }
+    MODE=(--launch --scale-workers 1,2 --gpu-per-worker --api-workers 4) ;;
+  *) echo "SIDE must be both, genq, direct or scale"; exit 2 ;;
 esac
 timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
   --random-input-len 512 --random-output-len 256 \
@@ -29,7 +36,8 @@ timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
   > >(tee "$OUTD/bench-$NAME-$SIDE.log") 2>&1
 rc=$?
 echo "end $(date -u +%H:%M:%S) rc=$rc"
-grep -h "ready in\|engine ready\|init engine\|torch.compile takes\|Graph capturing finished\|Memory profiling" \
-  /tmp/genq-$NAME/logs/worker.log 2>/dev/null | cut -c1-220 | tail -8
+# every worker's engine start (worker.log, worker-2.log, ...)
+grep -H "ready in\|engine ready\|init engine\|torch.compile takes\|Graph capturing finished\|Memory profiling" \
+  /tmp/genq-$NAME/logs/worker*.log 2>/dev/null | sed 's|^/tmp/genq-[^/]*/logs/||' | cut -c1-220 | tail -16
 tar czf "$OUTD/logs-$NAME-$SIDE.tgz" -C "/tmp/genq-$NAME" logs 2>/dev/null
 exit "$rc"

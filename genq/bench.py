@@ -8,14 +8,30 @@ engine generated), never from counting chunks, so merged deltas do not distort T
 
 Targets:
   * `--base-url URL`: an API that is already running;
-  * `--launch`: start Redis, one worker and the API here, with the worker arguments given
-    after `--` (the same arguments `genq worker` takes), and stop them afterwards;
+  * `--launch`: start Redis, `--workers N` workers and the API (`--api-workers N` processes)
+    here, with the worker arguments given after `--` (the same arguments `genq worker`
+    takes), and stop them afterwards;
+  * `--scale-workers 1,2` (with `--launch`): the whole plan with 1 worker, then with 2 (more
+    started on the same queue), ..., and the throughput of each count over the first's;
   * `--baseline direct`: afterwards, the same requests on an in-process vLLM `AsyncLLM`
-    built from those same worker arguments (the worker is stopped first, so the GPU is
+    built from those same worker arguments (the workers are stopped first, so the GPU is
     free), then the ratios genq/direct.
 
+Where genq's time goes (jobs endpoint): after each run, every job's record is read back
+(`GET /v1/jobs/{id}`, outside the timed run) and its timestamps, with the client's own
+wall-clock stamps, split a request into stages (ms, p50/p90/p99 in `stages_ms`):
+
+  submit        record created_at  - client POST start   (HTTP + admission + store)
+  queue         started_at         - created_at          (Celery delivery + claim)
+  engine_first  first_token_at     - started_at          (engine TTFT + first publish)
+  relay_first   client first delta - first_token_at      (Redis pub/sub -> API -> SSE)
+  relay_end     client `done`      - finished_at         (the same for the end of the job)
+
+The client and the API/workers must share a clock (one host, or NTP) for submit and relay.
+
 Several `--max-concurrency` values (comma-separated, with matching `--num-prompts`) run in
-one invocation, so a GPU engine starts once per side.
+one invocation, so a GPU engine starts once per side. Both sides run on uvloop when it is
+importable, as `vllm serve` does (`info.loop` says which loop ran).
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +62,11 @@ EXAMPLES = """examples:
   genq bench --launch --baseline direct --max-concurrency 1,64,256 --num-prompts 4,256,768 \\
       --out bench.json -- --model ./qwen7b --load-format dummy --skip-tokenizer-init \\
       --served-model-name qwen7b --max-model-len 2048 --max-num-seqs 256
+
+  # 1 worker, then 2 (one GPU each) behind 4 API processes: tok/s of 2 workers over 1
+  genq bench --launch --scale-workers 1,2 --gpu-per-worker --api-workers 4 --ignore-eos \\
+      --max-concurrency 64,256 --num-prompts 256,768 -- --model ./qwen7b --load-format dummy \\
+      --skip-tokenizer-init --served-model-name qwen7b --max-model-len 2048 --max-num-seqs 256
 """
 
 PERCENTILES = (50, 90, 99)
@@ -71,6 +93,12 @@ class RequestResult:
     itl: list[float] = field(default_factory=list)
     start_time: float = 0.0
     error: str = ""
+    # jobs endpoint: the job, and time.time() at POST start / first delta / `done`, to line
+    # up with the job record's epoch timestamps (stage_times)
+    job_id: str = ""
+    wall_post: float = 0.0
+    wall_first: float = 0.0
+    wall_done: float = 0.0
 
 
 _WORDS = (
@@ -132,14 +160,14 @@ def jobs_client(
             body["messages"] = req.messages
         res = RequestResult(prompt_len=req.prompt_len)
         st = time.perf_counter()
-        res.start_time = st
+        res.start_time, res.wall_post = st, time.time()
         last = st
         try:
             async with session.post(f"{base}/v1/jobs", json=body) as r:
                 if r.status not in (200, 202):
                     res.error = f"POST /v1/jobs: HTTP {r.status} {(await r.text())[:200]}"
                     return res
-                job_id = (await r.json())["id"]
+                res.job_id = job_id = (await r.json())["id"]
             async with session.get(
                 f"{base}/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
             ) as r:
@@ -159,10 +187,12 @@ def jobs_client(
                             ts = time.perf_counter()
                             if res.ttft == 0.0:
                                 res.ttft = ts - st
+                                res.wall_first = time.time()
                             else:
                                 res.itl.append(ts - last)
                             last = ts
                         elif event == "done":
+                            res.wall_done = time.time()
                             rec = json.loads(line[6:])
                             res.output_tokens = int(
                                 (rec.get("usage") or {}).get("completion_tokens") or 0
@@ -392,77 +422,228 @@ def metrics(results: list[RequestResult], duration: float) -> dict[str, Any]:
     return m
 
 
+# -- where the time goes (jobs endpoint) --------------------------------------------------------
+
+STAGES = ("submit", "queue", "engine_first", "relay_first", "relay_end")
+
+
+def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
+    """One job's stages in ms (see the module docstring); a stage whose two timestamps are
+    not both known (a failed job, a stream that broke) is left out."""
+    created, started = rec.get("created_at"), rec.get("started_at")
+    first, finished = rec.get("first_token_at"), rec.get("finished_at")
+    spans = {
+        "submit": (res.wall_post, created),
+        "queue": (created, started),
+        "engine_first": (started, first),
+        "relay_first": (first, res.wall_first),
+        "relay_end": (finished, res.wall_done),
+    }
+    return {k: (b - a) * 1000 for k, (a, b) in spans.items() if a and b}
+
+
+def stage_summary(per_job: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """p50/p90/p99 of each stage over the jobs that have it."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in STAGES:
+        vals = [j[stage] for j in per_job if stage in j]
+        if vals:
+            out[stage] = {f"p{p}": round(_pct(vals, p), 3) for p in PERCENTILES}
+    return out
+
+
+async def fetch_records(
+    session: Any, base_url: str, job_ids: list[str], parallel: int = 64
+) -> dict[str, dict[str, Any]]:
+    """GET /v1/jobs/{id} for each job, `parallel` at a time (through the client's session,
+    so with its API key); a job whose record cannot be read is left out."""
+    base = base_url.rstrip("/")
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(job_id: str) -> tuple[str, dict[str, Any] | None]:
+        async with sem:
+            try:
+                async with session.get(f"{base}/v1/jobs/{job_id}") as r:
+                    return job_id, (await r.json()) if r.status == 200 else None
+            except Exception:  # a missing record costs one job's stages, not the run
+                return job_id, None
+
+    got = await asyncio.gather(*(one(j) for j in job_ids))
+    return {j: rec for j, rec in got if rec is not None}
+
+
+async def job_breakdown(
+    session: Any, base_url: str, results: list[RequestResult]
+) -> dict[str, Any]:
+    """The run's `stages_ms` and which workers ran its jobs, from the job records."""
+    done = [r for r in results if r.job_id]
+    recs = await fetch_records(session, base_url, [r.job_id for r in done])
+    per_job = [stage_times(r, recs[r.job_id]) for r in done if r.job_id in recs]
+    by_worker: dict[str, int] = {}
+    for rec in recs.values():
+        if rec.get("worker"):
+            by_worker[rec["worker"]] = by_worker.get(rec["worker"], 0) + 1
+    return {
+        "stages_ms": stage_summary(per_job),
+        "workers_seen": sorted(by_worker),
+        "jobs_per_worker": dict(sorted(by_worker.items())),
+    }
+
+
+def format_stages(r: dict[str, Any]) -> str:
+    parts = [f"{k} {v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}" for k, v in r["stages_ms"].items()]
+    per_worker = " ".join(f"{w}:{n}" for w, n in r.get("jobs_per_worker", {}).items())
+    return (
+        f"{r['target']:>8} c={r['max_concurrency'] or 'inf':>4} stages ms p50/p90/p99: "
+        + " | ".join(parts)
+        + (f" | jobs per worker {per_worker}" if per_worker else "")
+    )
+
+
 # -- launching the stack ------------------------------------------------------------------------
 
 
 class LaunchedStack:
-    """Redis, one worker and the API as child processes (each in its own process group, so
-    stopping the worker also ends the engine-core process vLLM spawns)."""
+    """Redis, the workers and the API as child processes, each in its own process group (so
+    stopping a worker also ends the engine-core process vLLM spawns). Worker i (from 0) is
+    named w{i+1} and logs to worker.log, worker-2.log, ...; with `gpu_per_worker` it sees
+    only GPU i (the i-th of CUDA_VISIBLE_DEVICES when that is set)."""
 
-    def __init__(self, worker_args: list[str], state_dir: Path, api_port: int | None):
+    def __init__(
+        self,
+        worker_args: list[str],
+        state_dir: Path,
+        api_port: int | None = None,
+        *,
+        workers: int = 1,
+        api_workers: int = 1,
+        gpu_per_worker: bool = False,
+    ):
         from genq.redis_server import LocalRedis, free_port
 
+        self.worker_args = worker_args
+        self.gpu_per_worker = gpu_per_worker
         self.state_dir = state_dir
         self.logs = state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        # An empty Redis each time: a killed earlier run's heartbeats (a 'ready' w2) or
+        # queued messages in the append-only file would skew the waits and the load.
+        shutil.rmtree(state_dir / "redis", ignore_errors=True)
         self.redis = LocalRedis(state_dir / "redis", port=free_port()).start()
         self.api_port = api_port or free_port()
         self.env = {**os.environ, "REDIS_URL": self.redis.url, "PYTHONUNBUFFERED": "1"}
-        self.worker = self._spawn("worker", ["-m", "worker.main", *worker_args])
-        self.api = self._spawn("api", ["-m", "genq.run_api", "--port", str(self.api_port)])
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.add_workers(workers)
+        self.api = self._spawn(
+            "api",
+            ["-m", "genq.run_api", "--port", str(self.api_port), "--workers", str(api_workers)],
+        )
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    @staticmethod
+    def worker_log_name(i: int) -> str:
+        return "worker" if i == 0 else f"worker-{i + 1}"
+
+    def add_workers(self, total: int) -> None:
+        """Start workers until `total` run (the same arguments; the next GPU each)."""
+        devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        while len(self.workers) < total:
+            i = len(self.workers)
+            args = list(self.worker_args)
+            wid = f"w{i + 1}"
+            if "--worker-id" in args:  # the given id, suffixed for the second worker on
+                j = args.index("--worker-id")
+                wid = args[j + 1] if i == 0 else f"{args[j + 1]}-{i + 1}"
+                del args[j : j + 2]
+            env = None
+            if self.gpu_per_worker:
+                env = {"CUDA_VISIBLE_DEVICES": devices[i] if i < len(devices) else str(i)}
+            self.workers.append(
+                self._spawn(
+                    self.worker_log_name(i),
+                    ["-m", "worker.main", *args, "--worker-id", wid],
+                    env,
+                )
+            )
+
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")
         return subprocess.Popen(
             [sys.executable, *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    async def wait_ready(self, model: str, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_ready(
+        self,
+        model: str,
+        timeout: float,  # noqa: ASYNC109
+        workers: int | None = None,
+    ) -> None:
+        """Until the API lists `model` and `workers` (default: all launched) workers report
+        ready for it in the worker directory (genq:workers)."""
         import httpx
+        import redis.asyncio as aioredis
 
+        from common.workers import all_workers, models_served
+
+        workers = len(self.workers) if workers is None else workers
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=5) as client:
-            while time.monotonic() < deadline:
-                for name, proc in (("worker", self.worker), ("api", self.api)):
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited; see {self.logs / (name + '.log')}")
-                try:
-                    r = await client.get(f"{self.base_url}/v1/models")
-                    if r.status_code == 200 and any(m["id"] == model for m in r.json()["data"]):
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(1.0)
-        raise TimeoutError(f"no worker served {model} within {timeout:.0f}s")
+        ready = 0
+        redis = aioredis.Redis.from_url(self.redis.url)
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                while time.monotonic() < deadline:
+                    procs = [(self.worker_log_name(i), w) for i, w in enumerate(self.workers)]
+                    for name, proc in [*procs, ("api", self.api)]:
+                        if proc.poll() is not None:
+                            raise RuntimeError(f"{name} exited; see {self.logs / name}.log")
+                    try:
+                        ready = len(models_served(await all_workers(redis)).get(model, []))
+                        r = await client.get(f"{self.base_url}/v1/models")
+                        listed = r.status_code == 200 and any(
+                            m["id"] == model for m in r.json()["data"]
+                        )
+                        if listed and ready >= workers:
+                            return
+                    except (httpx.HTTPError, aioredis.RedisError):
+                        pass
+                    await asyncio.sleep(0.5)
+        finally:
+            await redis.aclose()
+        raise TimeoutError(f"{ready} of {workers} workers ready for {model} after {timeout:.0f}s")
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes], wait: float) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    def _stop(self, procs: list[subprocess.Popen[bytes]], wait: float) -> None:
+        """SIGTERM all (they drain in parallel), then SIGKILL whatever is left in their
+        process groups (vLLM's engine core)."""
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        for proc in procs:
             try:
-                proc.wait(wait)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        try:  # whatever it left in its group (vLLM's engine core)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
 
-    def stop_worker(self) -> None:
-        self._stop(self.worker, 60)
+    def stop_workers(self) -> None:
+        self._stop(self.workers, 60)
 
     def stop(self) -> None:
-        self._stop(self.worker, 60)
-        self._stop(self.api, 15)
+        self._stop(self.workers, 60)
+        self._stop([self.api], 15)
         self.redis.stop()
 
 
@@ -477,32 +658,113 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t = p.add_argument_group("target")
-    t.add_argument("--base-url", default="http://127.0.0.1:8000")
-    t.add_argument("--launch", action="store_true", help="start Redis + worker + API here")
-    t.add_argument("--state-dir", type=Path, default=Path(".genq/bench"))
-    t.add_argument("--endpoint", choices=["jobs", "openai-chat"], default="jobs")
+    t.add_argument(
+        "--base-url", default="http://127.0.0.1:8000", help="a running genq API (without --launch)"
+    )
+    t.add_argument(
+        "--api-key",
+        default=os.environ.get("GENQ_API_KEY"),
+        help="sent as 'Authorization: Bearer KEY' on every request (env GENQ_API_KEY)",
+    )
+    t.add_argument(
+        "--launch",
+        action="store_true",
+        help="start Redis + the workers + the API here (worker args after --), stop them after",
+    )
+    t.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".genq/bench"),
+        help="--launch: Redis data (emptied at each launch) and logs/ (api.log, worker.log, "
+        "worker-2.log, ...; appended to)",
+    )
+    t.add_argument(
+        "--endpoint",
+        choices=["jobs", "openai-chat"],
+        default="jobs",
+        help="'jobs': POST /v1/jobs + its SSE events (with the stage breakdown); "
+        "'openai-chat': streaming /v1/chat/completions",
+    )
     t.add_argument("--model", default=None, help="model name (default: --served-model-name)")
-    t.add_argument("--baseline", choices=["none", "direct"], default="none")
-    t.add_argument("--ready-timeout", type=float, default=900)
+    t.add_argument(
+        "--baseline",
+        choices=["none", "direct"],
+        default="none",
+        help="'direct': afterwards the same load on an in-process AsyncLLM built from the "
+        "worker args (launched workers are stopped first), and the ratios genq/direct",
+    )
+    t.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=900,
+        help="seconds to wait for launched workers to be ready (engine start)",
+    )
     t.add_argument(
         "--direct-only",
         action="store_true",
         help="run only the direct baseline (when one call cannot hold both engine starts)",
     )
+    sc = p.add_argument_group("launched stack (with --launch)")
+    sc.add_argument(
+        "--workers", type=int, default=1, help="worker processes, all with the worker args"
+    )
+    sc.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API processes (uvicorn workers: `genq api --workers N`)",
+    )
+    sc.add_argument(
+        "--gpu-per-worker",
+        action="store_true",
+        help="worker i sees only GPU i (CUDA_VISIBLE_DEVICES=i)",
+    )
+    sc.add_argument(
+        "--scale-workers",
+        default="",
+        metavar="N1,N2,...",
+        help="ascending worker counts (e.g. 1,2; replaces --workers): the whole plan with N1 "
+        "workers, then more started on the same queue up to N2, the plan again, ...; runs "
+        "are labelled genq-{N}w and `scaling` gives each count's tok/s and req/s over N1's",
+    )
     ld = p.add_argument_group("load (as in `vllm bench serve`)")
     ld.add_argument("--num-prompts", default="100", help="comma list, one per concurrency")
-    ld.add_argument("--max-concurrency", default="", help="comma list; empty = unlimited")
-    ld.add_argument("--request-rate", type=float, default=float("inf"))
+    ld.add_argument(
+        "--max-concurrency",
+        default="",
+        help="comma list: requests in flight at most, one run each; empty = unlimited",
+    )
+    ld.add_argument(
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="arrivals per second (inf: all at once)",
+    )
     ld.add_argument("--burstiness", type=float, default=1.0, help="1.0 = Poisson arrivals")
-    ld.add_argument("--random-input-len", type=int, default=1024)
-    ld.add_argument("--random-output-len", type=int, default=128)
-    ld.add_argument("--random-range-ratio", type=float, default=0.0)
-    ld.add_argument("--prompt-kind", choices=["tokens", "chat"], default="tokens")
+    ld.add_argument("--random-input-len", type=int, default=1024, help="prompt tokens")
+    ld.add_argument("--random-output-len", type=int, default=128, help="max_tokens per request")
+    ld.add_argument(
+        "--random-range-ratio",
+        type=float,
+        default=0.0,
+        help="lengths uniform in [len*(1-r), len*(1+r)]",
+    )
+    ld.add_argument(
+        "--prompt-kind",
+        choices=["tokens", "chat"],
+        default="tokens",
+        help="random prompt_token_ids, or chat messages of random words",
+    )
     ld.add_argument("--vocab-range", default="100,30000", help="token ids drawn from [lo, hi)")
-    ld.add_argument("--ignore-eos", action="store_true")
-    ld.add_argument("--temperature", type=float, default=0.0)
-    ld.add_argument("--warmup", type=int, default=4, help="requests before each side's runs")
-    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--ignore-eos", action="store_true", help="generate exactly the output length")
+    ld.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    ld.add_argument(
+        "--warmup",
+        type=int,
+        default=4,
+        help="requests before each side's runs (and each worker count's)",
+    )
+    ld.add_argument("--seed", type=int, default=0, help="prompts and arrival times")
     ld.add_argument("--out", type=Path, default=None, help="full results (JSON)")
     ld.add_argument("--label", default="", help="free text stored with the results")
     p.add_argument("worker_args", nargs=argparse.REMAINDER, help="after --: genq worker args")
@@ -536,7 +798,12 @@ async def _side(
     args: argparse.Namespace,
     plan: list[tuple[int | None, int, list[BenchRequest]]],
     warm: list[BenchRequest],
+    *,
+    fields: dict[str, Any] | None = None,
+    inspect: Callable[[list[RequestResult]], Awaitable[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
+    """Warm up, then one timed run per (concurrency, prompts); `fields` go into every run,
+    `inspect` adds what it finds after each run (outside the timed part)."""
     if warm:
         res, _ = await run_load(
             fn,
@@ -569,25 +836,50 @@ async def _side(
                 "num_prompts": n,
                 "request_rate": args.request_rate,
                 **m,
+                **(fields or {}),
                 "ttfts_ms": [round(r.ttft * 1000, 3) for r in results if r.success],
             }
         )
         print(format_row(runs[-1]), file=sys.stderr)
+        if inspect is not None:
+            runs[-1].update(await inspect(results))
+            if runs[-1].get("stages_ms"):
+                print(format_stages(runs[-1]), file=sys.stderr)
     return runs
 
 
 async def _genq_side(
-    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], model: str, base_url: str
+    args: argparse.Namespace,
+    plan: Any,
+    warm: list[BenchRequest],
+    model: str,
+    base_url: str,
+    *,
+    target: str = "genq",
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
     import aiohttp
 
     limit = max([c or n for c, n, _ in plan]) * 2 + 16
     conn = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=6 * 3600, sock_read=600)
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=headers) as session:
         make = jobs_client if args.endpoint == "jobs" else openai_chat_client
         fn = make(session, base_url, model, args.ignore_eos, args.temperature)
-        return await _side("genq", fn, args, plan, warm)
+
+        async def inspect(results: list[RequestResult]) -> dict[str, Any]:
+            return await job_breakdown(session, base_url, results)
+
+        return await _side(
+            target,
+            fn,
+            args,
+            plan,
+            warm,
+            fields={"workers": workers},
+            inspect=inspect if args.endpoint == "jobs" else None,
+        )
 
 
 async def _direct_side(
@@ -613,11 +905,12 @@ async def _direct_side(
 
 
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each genq run (every worker count) over the direct run at its concurrency."""
     by = {(r["target"], r["max_concurrency"]): r for r in runs}
     out = []
     for (target, conc), g in by.items():
         d = by.get(("direct", conc))
-        if target != "genq" or d is None:
+        if not target.startswith("genq") or d is None:
             continue
 
         def rel(key: str, g: dict[str, Any] = g, d: dict[str, Any] = d) -> float:
@@ -625,6 +918,7 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
         out.append(
             {
+                "target": target,
                 "max_concurrency": conc,
                 "output_throughput_ratio": rel("output_throughput"),
                 "request_throughput_ratio": rel("request_throughput"),
@@ -637,9 +931,41 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each concurrency, each larger worker count's throughput over the smallest's."""
+    genq = [r for r in runs if r["target"].startswith("genq") and r.get("workers")]
+    counts = sorted({r["workers"] for r in genq})
+    if len(counts) < 2:
+        return []
+    base = {r["max_concurrency"]: r for r in genq if r["workers"] == counts[0]}
+    out = []
+    for r in genq:
+        b = base.get(r["max_concurrency"])
+        if r["workers"] == counts[0] or b is None:
+            continue
+        out.append(
+            {
+                "max_concurrency": r["max_concurrency"],
+                "workers": r["workers"],
+                "base_workers": counts[0],
+                "output_throughput_ratio": (
+                    r["output_throughput"] / b["output_throughput"]
+                    if b["output_throughput"]
+                    else 0.0
+                ),
+                "request_throughput_ratio": (
+                    r["request_throughput"] / b["request_throughput"]
+                    if b["request_throughput"]
+                    else 0.0
+                ),
+            }
+        )
+    return out
+
+
 def format_row(r: dict[str, Any]) -> str:
     return (
-        f"{r['target']:>6} c={r['max_concurrency'] or 'inf':>4} n={r['num_prompts']:>5} "
+        f"{r['target']:>8} c={r['max_concurrency'] or 'inf':>4} n={r['num_prompts']:>5} "
         f"ok={r['completed']:>5} req/s={r['request_throughput']:8.2f} "
         f"out tok/s={r['output_throughput']:10.1f} "
         f"TTFT p50/p90/p99={r['p50_ttft_ms']:.1f}/{r['p90_ttft_ms']:.1f}/{r['p99_ttft_ms']:.1f} "
@@ -648,7 +974,11 @@ def format_row(r: dict[str, Any]) -> str:
     )
 
 
-def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
+def table(
+    runs: list[dict[str, Any]],
+    rat: list[dict[str, Any]],
+    scale: list[dict[str, Any]] | None = None,
+) -> str:
     head = (
         "| target | conc | reqs | ok | req/s | out tok/s | TTFT p50/p90/p99 ms "
         "| TPOT p50/p90/p99 ms | ITL p50/p99 ms | E2EL p50/p99 ms |"
@@ -663,18 +993,51 @@ def table(runs: list[dict[str, Any]], rat: list[dict[str, Any]]) -> str:
             f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
             f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
         )
+    staged = [r for r in runs if r.get("stages_ms")]
+    if staged:
+        lines += ["", "| target | conc | " + " | ".join(STAGES) + " (ms p50 / p99) |"]
+        lines.append("|" + "---|" * (2 + len(STAGES)))
+        for r in staged:
+            st = r["stages_ms"]
+            cells = [f"{st[k]['p50']:.1f} / {st[k]['p99']:.1f}" if k in st else "-" for k in STAGES]
+            lines.append(
+                f"| {r['target']} | {r['max_concurrency'] or 'inf'} | " + " | ".join(cells) + " |"
+            )
     if rat:
         lines += [
             "",
-            "| conc | out tok/s genq/direct | TTFT p50 +ms | TPOT p50 genq/direct |",
-            "|---|---|---|---|",
+            "| target | conc | out tok/s genq/direct | TTFT p50 +ms | TPOT p50 genq/direct |",
+            "|---|---|---|---|---|",
         ]
         for x in rat:
             lines.append(
-                f"| {x['max_concurrency'] or 'inf'} | {x['output_throughput_ratio']:.3f} "
+                f"| {x['target']} | {x['max_concurrency'] or 'inf'} "
+                f"| {x['output_throughput_ratio']:.3f} "
                 f"| {x['ttft_p50_overhead_ms']:+.1f} | {x['tpot_p50_ratio']:.3f} |"
             )
+    if scale:
+        lines += ["", "| conc | workers | out tok/s vs base | req/s vs base |", "|---|---|---|---|"]
+        for x in scale:
+            lines.append(
+                f"| {x['max_concurrency'] or 'inf'} | {x['workers']} / {x['base_workers']} "
+                f"| {x['output_throughput_ratio']:.3f} | {x['request_throughput_ratio']:.3f} |"
+            )
     return "\n".join(lines)
+
+
+def _worker_counts(args: argparse.Namespace) -> list[int]:
+    launched = (args.workers, args.api_workers, args.gpu_per_worker, args.scale_workers)
+    if not args.launch and launched != (1, 1, False, ""):
+        raise SystemExit(
+            "genq bench: --workers, --api-workers, --gpu-per-worker and --scale-workers "
+            "shape the launched stack: add --launch"
+        )
+    if not args.scale_workers:
+        return [args.workers]
+    counts = [int(n) for n in args.scale_workers.split(",") if n]
+    if not counts or counts[0] < 1 or counts != sorted(set(counts)):
+        raise SystemExit("genq bench: --scale-workers takes ascending counts, e.g. 1,2")
+    return counts
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -682,6 +1045,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     model = args.model or _served_name(worker_args)
     if model is None:
         raise SystemExit("genq bench: give --model (or worker args after --)")
+    counts = _worker_counts(args)
     lo, hi = (int(x) for x in args.vocab_range.split(","))
     pairs = _pairs(args)
     common = dict(
@@ -704,6 +1068,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "random_input_len": args.random_input_len,
         "random_output_len": args.random_output_len,
         "ignore_eos": args.ignore_eos,
+        "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop | asyncio
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "genq bench "
         + " ".join(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else sys.argv[1:]),
@@ -711,26 +1076,43 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     stack: LaunchedStack | None = None
     try:
-        base_url = args.base_url
         if args.direct_only:
             direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
-            return {"info": info, "runs": direct_runs, "ratios": []}
-        if args.launch:
+            return {"info": info, "runs": direct_runs, "ratios": [], "scaling": []}
+        if not args.launch:
+            runs += await _genq_side(args, plan, warm, model, args.base_url)
+        else:
+            info.update(workers=counts, api_workers=args.api_workers)
+            info["gpu_per_worker"] = args.gpu_per_worker
             t0 = time.perf_counter()
-            stack = LaunchedStack(worker_args, args.state_dir, None)
+            stack = LaunchedStack(
+                worker_args,
+                args.state_dir,
+                workers=counts[0],
+                api_workers=args.api_workers,
+                gpu_per_worker=args.gpu_per_worker,
+            )
             await stack.wait_ready(model, args.ready_timeout)
             info["genq_start_s"] = time.perf_counter() - t0
-            base_url = stack.base_url
-        runs += await _genq_side(args, plan, warm, model, base_url)
-        if stack is not None and args.baseline == "direct":
-            stack.stop_worker()  # free the accelerator for the in-process engine
+            for n in counts:
+                if n > len(stack.workers):  # the new ones start while the others idle
+                    t0 = time.perf_counter()
+                    stack.add_workers(n)
+                    await stack.wait_ready(model, args.ready_timeout)
+                    info.setdefault("scale_start_s", {})[str(n)] = time.perf_counter() - t0
+                target = f"genq-{n}w" if args.scale_workers else "genq"
+                runs += await _genq_side(
+                    args, plan, warm, model, stack.base_url, target=target, workers=n
+                )
+            if args.baseline == "direct":
+                stack.stop_workers()  # free the accelerator for the in-process engine
         if args.baseline == "direct":
             direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
             runs += direct_runs
     finally:
         if stack is not None:
             stack.stop()
-    return {"info": info, "runs": runs, "ratios": ratios(runs)}
+    return {"info": info, "runs": runs, "ratios": ratios(runs), "scaling": scaling(runs)}
 
 
 def summary_line(result: dict[str, Any]) -> dict[str, Any]:
@@ -751,6 +1133,7 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
             {
                 "target": r["target"],
                 "max_concurrency": r["max_concurrency"],
+                **({"workers": r["workers"]} if r.get("workers") else {}),
                 **{k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys},
             }
             for r in result["runs"]
@@ -759,19 +1142,22 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
             {k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()}
             for x in result["ratios"]
         ],
+        "scaling": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()}
+            for x in result.get("scaling", [])
+        ],
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    try:  # the loop `vllm serve` runs on; the direct side and the genq client share it
         import uvloop
 
-        uvloop.install()
+        result = uvloop.run(amain(args))
     except ImportError:
-        pass
-    result = asyncio.run(amain(args))
-    print(table(result["runs"], result["ratios"]))
+        result = asyncio.run(amain(args))
+    print(table(result["runs"], result["ratios"], result["scaling"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -1,21 +1,30 @@
-"""genq bench: vLLM's metric definitions, the native jobs client against a live stack, and
-the API's admission limit with the cached queue depth."""
+"""genq bench: vLLM's metric definitions, the native jobs client against a live stack, the
+stage breakdown from job records, `--launch --scale-workers` end to end, and the API's
+admission limit with the cached queue depth."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import aiohttp
 import httpx
+import pytest
 
 from genq.bench import (
     RequestResult,
     jobs_client,
+    main,
     make_requests,
     metrics,
     openai_chat_client,
     run_load,
+    scaling,
+    stage_summary,
+    stage_times,
 )
 from tests.stack import Stack
 
@@ -109,3 +118,116 @@ def test_openai_chat_client_measures_a_live_stack(sim_stack: Stack) -> None:
     results, _ = asyncio.run(go())
     assert all(r.success for r in results), [r.error for r in results]
     assert all(r.output_tokens == 6 and 0 < r.ttft < r.latency for r in results)
+
+
+def test_stage_times_split_a_job_by_its_record() -> None:
+    res = RequestResult(success=True, wall_post=100.0, wall_first=100.5, wall_done=101.25)
+    rec = {
+        "created_at": 100.01,
+        "started_at": 100.11,
+        "first_token_at": 100.41,
+        "finished_at": 101.2,
+    }
+    st = stage_times(res, rec)
+    want = {
+        "submit": 10.0,
+        "queue": 100.0,
+        "engine_first": 300.0,
+        "relay_first": 90.0,
+        "relay_end": 50.0,
+    }
+    assert st.keys() == want.keys()
+    assert all(abs(st[k] - v) < 1e-6 for k, v in want.items()), st
+    # a job that never started has only the stage it reached
+    never = stage_times(RequestResult(wall_post=100.0), {"created_at": 100.002})
+    assert never.keys() == {"submit"} and abs(never["submit"] - 2.0) < 1e-6
+
+    summary = stage_summary([{"queue": float(ms)} for ms in range(1, 101)] + [st])
+    assert summary["queue"]["p50"] == pytest.approx(51.0)  # 1..100 and 100: numpy's median
+    assert summary["queue"]["p99"] == pytest.approx(100.0)
+    assert summary["engine_first"] == {"p50": 300.0, "p90": 300.0, "p99": 300.0}
+
+
+def test_scaling_divides_by_the_first_worker_count() -> None:
+    def run(n: int, conc: int, tok_s: float) -> dict[str, object]:
+        return {
+            "target": f"genq-{n}w",
+            "workers": n,
+            "max_concurrency": conc,
+            "output_throughput": tok_s,
+            "request_throughput": tok_s / 10,
+        }
+
+    runs = [run(1, 8, 100.0), run(1, 64, 400.0), run(2, 8, 110.0), run(2, 64, 760.0)]
+    got = {(x["max_concurrency"], x["workers"]): x for x in scaling(runs)}
+    assert got.keys() == {(8, 2), (64, 2)}
+    assert got[(64, 2)]["output_throughput_ratio"] == pytest.approx(1.9)
+    assert got[(64, 2)]["request_throughput_ratio"] == pytest.approx(1.9)
+    assert got[(8, 2)]["base_workers"] == 1
+    assert scaling(runs[:2]) == []  # one worker count: nothing to compare
+
+
+def test_launch_scale_workers_1_then_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole `genq bench --launch --scale-workers 1,2` on the simulated engine (a test
+    double): each worker runs 4 jobs at once, so 8 in flight need both workers."""
+    monkeypatch.setenv("GENQ_HEARTBEAT_S", "0.5")
+    out = tmp_path / "bench.json"
+    t0 = time.monotonic()
+    main(
+        [
+            "--launch",
+            "--scale-workers",
+            "1,2",
+            "--api-workers",
+            "2",
+            "--max-concurrency",
+            "8",
+            "--num-prompts",
+            "24",
+            "--random-input-len",
+            "8",
+            "--random-output-len",
+            "10",
+            "--ignore-eos",
+            "--warmup",
+            "2",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--out",
+            str(out),
+            "--",
+            "--engine",
+            "simulated",
+            "--served-model-name",
+            "sim",
+            "--max-num-seqs",
+            "4",
+            "--sim-step-ms",
+            "20",
+        ]
+    )
+    elapsed = time.monotonic() - t0
+    result = json.loads(out.read_text())
+    runs = {r["workers"]: r for r in result["runs"]}
+    assert [r["target"] for r in result["runs"]] == ["genq-1w", "genq-2w"]
+    for n, r in runs.items():
+        assert r["completed"] == 24 and r["failed"] == 0, r.get("first_errors")
+        assert r["total_output_tokens"] == 240
+        assert len(r["workers_seen"]) == n, r["jobs_per_worker"]
+        for stage in ("submit", "queue", "engine_first", "relay_first", "relay_end"):
+            assert r["stages_ms"][stage]["p50"] >= 0, (stage, r["stages_ms"])
+        # the simulated engine's first step is 20 ms: the engine stage holds it
+        assert r["stages_ms"]["engine_first"]["p50"] >= 15
+    assert runs[2]["workers_seen"] == ["w1", "w2"]
+    assert [(x["max_concurrency"], x["workers"]) for x in result["scaling"]] == [(8, 2)]
+    assert result["scaling"][0]["output_throughput_ratio"] > 0
+    assert result["scaling"][0]["request_throughput_ratio"] > 0
+    assert result["info"]["workers"] == [1, 2]
+    assert result["info"]["loop"] == ("uvloop" if find_spec("uvloop") else "asyncio")
+    assert (tmp_path / "state" / "logs" / "worker-2.log").exists()
+    # the final JSON line carries the scaling too
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["scaling"] and last["runs"][1]["workers"] == 2
+    assert elapsed < 60, f"took {elapsed:.0f} s"
