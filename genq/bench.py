@@ -48,7 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,29 @@ def _params(req: BenchRequest, ignore_eos: bool, temperature: float) -> dict[str
     return {"max_tokens": req.output_len, "ignore_eos": ignore_eos, "temperature": temperature}
 
 
+async def sse_events(content: Any) -> AsyncIterator[tuple[str, bytes]]:
+    """(event, data) of each SSE event, read in whatever chunks arrive (as vLLM's benchmark
+    client does) rather than line by line: the client's own cost per event must stay small
+    next to what it measures. Comment lines (keep-alives) and `id:` fields are skipped."""
+    buf = b""
+    async for chunk in content.iter_any():
+        buf += chunk
+        while True:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            block, buf = buf[:end], buf[end + 2 :]
+            event, data = "message", b""
+            for line in block.split(b"\n"):
+                line = line.rstrip(b"\r")
+                if line.startswith(b"event: "):
+                    event = line[7:].decode()
+                elif line.startswith(b"data: "):
+                    data = line[6:]
+            if data or event != "message":
+                yield event, data
+
+
 def jobs_client(
     session: Any, base_url: str, model: str, ignore_eos: bool, temperature: float
 ) -> RequestFn:
@@ -174,36 +197,28 @@ def jobs_client(
                 if r.status != 200:
                     res.error = f"GET events: HTTP {r.status}"
                     return res
-                event = ""
-                async for raw in r.content:
-                    line = raw.rstrip(b"\r\n")
-                    if not line:
-                        event = ""
-                        continue
-                    if line.startswith(b"event: "):
-                        event = line[7:].decode()
-                    elif line.startswith(b"data: "):
-                        if event == "delta":
-                            ts = time.perf_counter()
-                            if res.ttft == 0.0:
-                                res.ttft = ts - st
-                                res.wall_first = time.time()
-                            else:
-                                res.itl.append(ts - last)
-                            last = ts
-                        elif event == "done":
-                            res.wall_done = time.time()
-                            rec = json.loads(line[6:])
-                            res.output_tokens = int(
-                                (rec.get("usage") or {}).get("completion_tokens") or 0
-                            )
-                            res.success = res.ttft > 0.0
-                            if not res.success:
-                                res.error = "no delta before done"
-                            break
-                        elif event == "error":
-                            res.error = line[6:].decode()[:300]
-                            break
+                async for event, data in sse_events(r.content):
+                    if event == "delta":
+                        ts = time.perf_counter()
+                        if res.ttft == 0.0:
+                            res.ttft = ts - st
+                            res.wall_first = time.time()
+                        else:
+                            res.itl.append(ts - last)
+                        last = ts
+                    elif event == "done":
+                        res.wall_done = time.time()
+                        rec = json.loads(data)
+                        res.output_tokens = int(
+                            (rec.get("usage") or {}).get("completion_tokens") or 0
+                        )
+                        res.success = res.ttft > 0.0
+                        if not res.success:
+                            res.error = "no delta before done"
+                        break
+                    elif event == "error":
+                        res.error = data.decode()[:300]
+                        break
         except Exception as exc:  # a benchmark records failures and goes on
             res.error = f"{type(exc).__name__}: {exc}"
         res.latency = last - st
