@@ -232,7 +232,6 @@ class VllmEngine:
         return SamplingParams(**kw)
 
     async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
-        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         prompt, tok_kwargs = self._prompt(request)
@@ -269,7 +268,7 @@ class VllmEngine:
                 )
         except EngineDeadError as exc:
             raise EngineError("engine_error", "the inference engine died") from exc
-        except (ValueError, VLLMClientError) as exc:
+        except _request_errors() as exc:
             # vLLM's request checks: VLLMValidationError (a prompt over the context) is a
             # VLLMClientError, not a ValueError, in vLLM 0.32; older checks raise ValueError.
             msg = str(exc)
@@ -289,7 +288,14 @@ class VllmEngine:
         return self._llm is None or bool(self._llm.errored)
 
     def num_unfinished(self) -> int:
-        return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
+        # AsyncLLM grew get_num_unfinished_requests() after vLLM 0.26; its output processor
+        # has counted them all along.
+        if self._llm is None:
+            return 0
+        count = getattr(self._llm, "get_num_unfinished_requests", None) or getattr(
+            getattr(self._llm, "output_processor", None), "get_num_unfinished_requests", None
+        )
+        return int(count()) if count is not None else 0
 
     def stats(self) -> dict[str, float]:
         """running / waiting requests and KV-cache use (0-1) from vLLM's SchedulerStats,
@@ -328,3 +334,13 @@ def _logprobs(completion: Any, tokenizer: Any) -> list[dict[str, Any]] | None:
 def _finite(logprob: float) -> float:
     # JSON has no -inf/NaN; OpenAI's (and vLLM's) stand-in for "impossible" is -9999.0.
     return logprob if logprob > -9999.0 else -9999.0
+
+
+def _request_errors() -> tuple[type[Exception], ...]:
+    """The exceptions vLLM raises for a request it refuses (a prompt over the context, bad
+    params): VLLMClientError (VLLMValidationError) since vLLM 0.32, ValueError before."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
