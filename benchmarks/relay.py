@@ -274,7 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
             await phase_relay(s, base, "sim", 16, 10, stack.api.pid)  # warm up
             pub = await phase_publish(
-                s, base, "sim", args.publish_jobs, args.tokens, stack.worker.pid
+                s, base, "sim", args.publish_jobs, args.tokens, stack.workers[0].pid
             )
             out["publish"] = pub
             print(f"publish: {pub}", file=sys.stderr)

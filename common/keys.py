@@ -55,23 +55,26 @@ def bury_lock(worker_id: str) -> str:
 QUEUE_PREFIX = "genq."
 
 
+JOB_PREFIX = f"{PREFIX}:job:"
+LOG_SUFFIX = ":log"
+TEXT_SUFFIX = ":text"
+EVENTS_PREFIX = f"{PREFIX}:events:"
+
+
 def job(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
+    return f"{JOB_PREFIX}{job_id}"
 
 
 def job_log(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:log"
+    return f"{JOB_PREFIX}{job_id}{LOG_SUFFIX}"
 
 
 def job_text(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:text"
+    return f"{JOB_PREFIX}{job_id}{TEXT_SUFFIX}"
 
 
 def events(job_id: str) -> str:
-    return f"{PREFIX}:events:{job_id}"
-
-
-EVENTS_PREFIX = f"{PREFIX}:events:"
+    return f"{EVENTS_PREFIX}{job_id}"
 
 
 def job_id_from_channel(channel: str) -> str:
