@@ -48,7 +48,15 @@ class RelayError:
     message: str
 
 
+@dataclass(slots=True)
+class Idle:
+    """Nothing happened for `idle_s` (a job waiting in the queue, a long prefill): the
+    stream's encoder sends a keep-alive."""
+
+
 StreamEvent = DeltaEvent | EndEvent | RelayError
+
+_IDLE = Idle()
 
 
 @dataclass(eq=False)
@@ -222,16 +230,43 @@ class StreamRelay:
                         pass
 
     async def listen(
-        self, job_id: str, *, after_seq: int = -1, deltas: bool = True, confirm_timeout: float = 5
+        self,
+        job_id: str,
+        *,
+        after_seq: int = -1,
+        deltas: bool = True,
+        confirm_timeout: float = 5,
     ) -> AsyncIterator[StreamEvent]:
         """Every delta with seq > after_seq in order, then one EndEvent (or RelayError)."""
+        async for batch in self.listen_batches(
+            job_id, after_seq=after_seq, deltas=deltas, confirm_timeout=confirm_timeout
+        ):
+            if isinstance(batch, list):
+                for ev in batch:
+                    yield ev
+
+    async def listen_batches(
+        self,
+        job_id: str,
+        *,
+        after_seq: int = -1,
+        deltas: bool = True,
+        confirm_timeout: float = 5,
+        idle_s: float | None = None,
+    ) -> AsyncIterator[list[StreamEvent] | Idle]:
+        """`listen`'s events, in order, as batches: each batch is everything that had arrived
+        by the time the stream was ready for more, so a stream that falls behind catches up
+        in one write instead of one per delta (the replay of a reconnect is one batch). An
+        Idle after each `idle_s` without events, when given. (The wait is a timeout on the
+        listener's own queue: no task per event, which an outer timeout would need, since
+        cancelling this generator mid-wait would end it.)"""
         lst = _Listener(asyncio.Queue(self.queue_size), want_deltas=deltas)
         ch = await self._add(job_id, lst)
         try:
             try:
                 await asyncio.wait_for(ch.confirmed.wait(), confirm_timeout)
             except TimeoutError:
-                yield RelayError("redis_unavailable", "could not subscribe to the job's events")
+                yield [RelayError("redis_unavailable", "could not subscribe to the job's events")]
                 return
             # The store's (large, blocking) pool: the relay's own client only holds the
             # pub/sub connection, and its small default pool ran out under bursts of opens.
@@ -240,32 +275,56 @@ class StreamRelay:
             pipe.hget(keys.job(job_id), "status")
             backlog, status = await pipe.execute()
             last = after_seq
+            replay: list[StreamEvent] = []
             if deltas:
                 for raw in backlog:
                     text = raw.decode()
                     last = _seq_of(text)
-                    yield DeltaEvent(last, text)
-            if status is not None and status.decode() in (
-                "succeeded",
-                "failed",
-                "cancelled",
-                "expired",
-            ):
+                    replay.append(DeltaEvent(last, text))
+            if status is not None and status.decode() in _TERMINAL:
                 record = await self.store.get(job_id, with_request=False)
                 if record is not None:
-                    yield EndEvent(record)
+                    replay.append(EndEvent(record))
+                if replay:
+                    yield replay
                 return
+            if replay:
+                yield replay
+            queue = lst.queue
             while True:
-                ev = await lst.queue.get()
-                if isinstance(ev, DeltaEvent):
-                    if ev.seq <= last:
+                if not queue.empty() or not idle_s:
+                    first = await queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout(idle_s):
+                            first = await queue.get()
+                    except TimeoutError:
+                        yield _IDLE
                         continue
-                    last = ev.seq
-                yield ev
-                if not isinstance(ev, DeltaEvent):
+                batch: list[StreamEvent] = []
+                ended = False
+                ev = first
+                while True:
+                    if isinstance(ev, DeltaEvent):
+                        if ev.seq > last:
+                            last = ev.seq
+                            batch.append(ev)
+                    else:
+                        batch.append(ev)
+                        ended = True
+                        break
+                    if queue.empty():
+                        break
+                    ev = queue.get_nowait()
+                if batch:
+                    yield batch
+                if ended:
                     return
         finally:
             await self._remove(job_id, lst)
+
+
+_TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 
 
 def _seq_of(data: str) -> int:

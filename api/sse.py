@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from .relay import DeltaEvent, EndEvent, RelayError, StreamEvent
+from .relay import DeltaEvent, EndEvent, Idle, RelayError, StreamEvent
 
 SSE_MEDIA = "text/event-stream"
 NDJSON_MEDIA = "application/x-ndjson"
@@ -37,40 +36,16 @@ KEEPALIVE = ": keepalive\n\n"
 
 
 async def encode(
-    events: AsyncIterator[StreamEvent], ndjson: bool, keepalive_s: float | None = None
+    batches: AsyncIterator[list[StreamEvent] | Idle], ndjson: bool
 ) -> AsyncIterator[str]:
-    """Frame the events. On SSE, a comment line goes out after `keepalive_s` of silence (a
-    job waiting in the queue, a long prefill), so proxies and load balancers do not cut an
-    idle stream; clients ignore comments."""
+    """Frame the relay's batches, each as ONE chunk (one ASGI send, one socket write however
+    many deltas it holds). An Idle (the relay's `idle_s` of silence: a job waiting in the
+    queue, a long prefill) becomes an SSE comment line, so proxies and load balancers do not
+    cut an idle stream; clients ignore comments. NDJSON has no comments: Idle is skipped."""
     fmt = ndjson_line if ndjson else sse_frame
-    if ndjson or not keepalive_s:
-        async for ev in events:
-            yield fmt(ev)
-        return
-    it = aiter(events)
-
-    async def next_event() -> StreamEvent | None:
-        try:
-            return await anext(it)
-        except StopAsyncIteration:
-            return None
-
-    pending: asyncio.Task[StreamEvent | None] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(next_event())
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
-            if not done:
+    async for batch in batches:
+        if isinstance(batch, Idle):
+            if not ndjson:
                 yield KEEPALIVE
-                continue
-            nxt, pending = pending.result(), None
-            if nxt is None:
-                return
-            yield fmt(nxt)
-    finally:
-        if pending is not None:
-            pending.cancel()
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            await aclose()
+            continue
+        yield fmt(batch[0]) if len(batch) == 1 else "".join(map(fmt, batch))

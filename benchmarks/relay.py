@@ -182,12 +182,14 @@ async def phase_relay(
             await asyncio.sleep(0.5)
 
     sampler = asyncio.create_task(sample())
+    cpu0 = cpu_s(api_pid)
     t0 = time.perf_counter()
     try:
         await asyncio.gather(*(follow(j) for j in ids))
     finally:
         sampler.cancel()
     dt = time.perf_counter() - t0
+    api_cpu = cpu_s(api_pid) - cpu0
     records = await wait_jobs(session, base, list(ids))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
     span_s = span[1] - span[0] if events > 1 else dt
@@ -203,6 +205,7 @@ async def phase_relay(
         "mean_added_latency_ms": statistics.fmean(lat) * 1000 if lat else 0.0,
         "stream_errors": len(errors),
         "first_error": errors[0] if errors else None,
+        "api_cpu_us_per_delta": round(api_cpu / max(1, events) * 1e6, 1),
         "api_rss_mb_peak": rss_peak,
         "succeeded": sum(1 for r in records if r.get("status") == "succeeded"),
     }

@@ -1,27 +1,113 @@
-"""SSE framing and keepalive (in-process: no Redis needed)."""
+"""SSE framing and keepalive: the encoder in process, the relay's idle signal on a real Redis."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
-from api.relay import DeltaEvent, StreamEvent
+from api.relay import DeltaEvent, Idle, StreamEvent, StreamRelay
 from api.sse import KEEPALIVE, encode
+from common.jobstore import JobStore, PendingDelta, redis_from_url
+from common.models import JobRequest
 
 
-async def _slow() -> AsyncIterator[StreamEvent]:
-    yield DeltaEvent(0, '{"seq":0,"text":"a"}')
-    await asyncio.sleep(0.35)
-    yield DeltaEvent(1, '{"seq":1,"text":"b"}')
+def _delta(seq: int, text: str) -> DeltaEvent:
+    return DeltaEvent(seq, f'{{"seq":{seq},"text":"{text}"}}')
 
 
-async def test_keepalive_comments_fill_silence_and_events_keep_order() -> None:
-    out = [frame async for frame in encode(_slow(), ndjson=False, keepalive_s=0.1)]
-    assert out[0].startswith("id: 0\nevent: delta\n") and out[-1].startswith("id: 1\n")
-    assert 2 <= out.count(KEEPALIVE) <= 4
-    assert all(f == KEEPALIVE for f in out[1:-1])
+async def _with_idle() -> AsyncIterator[list[StreamEvent] | Idle]:
+    yield [_delta(0, "a")]
+    yield Idle()
+    yield Idle()
+    yield [_delta(1, "b"), _delta(2, "c")]
+
+
+async def test_idle_becomes_a_comment_line_and_a_batch_one_chunk() -> None:
+    out = [frame async for frame in encode(_with_idle(), ndjson=False)]
+    assert out[0] == 'id: 0\nevent: delta\ndata: {"seq":0,"text":"a"}\n\n'
+    assert out[1:3] == [KEEPALIVE, KEEPALIVE]
+    assert out[3] == (
+        'id: 1\nevent: delta\ndata: {"seq":1,"text":"b"}\n\n'
+        'id: 2\nevent: delta\ndata: {"seq":2,"text":"c"}\n\n'
+    )
+    assert len(out) == 4
 
 
 async def test_ndjson_gets_no_keepalive_lines() -> None:
-    out = [frame async for frame in encode(_slow(), ndjson=True, keepalive_s=0.1)]
-    assert out == ['{"seq":0,"text":"a"}\n', '{"seq":1,"text":"b"}\n']
+    out = [frame async for frame in encode(_with_idle(), ndjson=True)]
+    assert out == [
+        '{"seq":0,"text":"a"}\n',
+        '{"seq":1,"text":"b"}\n{"seq":2,"text":"c"}\n',
+    ]
+
+
+def test_relay_signals_silence_and_then_relays_the_delta(redis_server: Any) -> None:
+    """A listener with idle_s gets an Idle per idle_s of silence (a queued job), and the
+    delta that follows, in order; a listener without idle_s never sees an Idle."""
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        r = redis_from_url(redis_server.url)
+        relay_redis = redis_from_url(redis_server.url)
+        store = JobStore(r)
+        relay = StreamRelay(relay_redis, store)
+        await relay.start()
+        try:
+            jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+
+            async def collect(idle_s: float | None) -> list[Any]:
+                got: list[Any] = []
+                async for batch in relay.listen_batches(jid, idle_s=idle_s):
+                    got += batch if isinstance(batch, list) else [batch]
+                    if isinstance(got[-1], DeltaEvent):
+                        return got
+                return got
+
+            with_idle = asyncio.create_task(collect(0.1))
+            without = asyncio.create_task(collect(None))
+            await asyncio.sleep(0.45)
+            assert (await store.claim(jid, "w")).outcome == "claimed"
+            await store.append_deltas("w", [PendingDelta(jid, "hi", 1, 1)])
+            return await asyncio.wait_for(with_idle, 5), await asyncio.wait_for(without, 5)
+        finally:
+            await relay.stop()
+            await relay_redis.aclose()
+            await r.aclose()
+
+    with_idle, without = asyncio.run(go())
+    assert isinstance(with_idle[-1], DeltaEvent) and with_idle[-1].seq == 0
+    assert 3 <= sum(isinstance(e, Idle) for e in with_idle) <= 5
+    assert [type(e) for e in without] == [DeltaEvent]
+
+
+def test_a_stream_that_fell_behind_catches_up_in_one_batch(redis_server: Any) -> None:
+    """A reconnect's replay is one batch (one write); deltas that queued while the stream was
+    busy come out as one batch too, in order."""
+
+    async def go() -> list[Any]:
+        r = redis_from_url(redis_server.url)
+        relay_redis = redis_from_url(redis_server.url)
+        store = JobStore(r)
+        relay = StreamRelay(relay_redis, store)
+        await relay.start()
+        try:
+            jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            assert (await store.claim(jid, "w")).outcome == "claimed"
+            for i in range(5):
+                await store.append_deltas("w", [PendingDelta(jid, str(i), 1, 1)])
+            batches = relay.listen_batches(jid, after_seq=1)
+            replay = await anext(batches)  # subscribed, then the log after seq 1
+            for i in range(5, 9):
+                await store.append_deltas("w", [PendingDelta(jid, str(i), 1, 1)])
+            await asyncio.sleep(0.3)  # all four reach the listener's queue meanwhile
+            live = await anext(batches)
+            await batches.aclose()
+            return [replay, live]
+        finally:
+            await relay.stop()
+            await relay_redis.aclose()
+            await r.aclose()
+
+    replay, live = asyncio.run(go())
+    assert [e.seq for e in replay] == [2, 3, 4]
+    assert [e.seq for e in live] == [5, 6, 7, 8]

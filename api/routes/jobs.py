@@ -219,9 +219,10 @@ async def job_events(
     elif last_event_id and last_event_id.strip().lstrip("-").isdigit():
         after_seq = int(last_event_id.strip())
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
-    events = relay.listen(job_id, after_seq=after_seq)
+    keepalive_s = None if ndjson else request.app.state.settings.sse_keepalive_s
+    events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s or None)
     return StreamingResponse(
-        encode(events, ndjson, request.app.state.settings.sse_keepalive_s),
+        encode(events, ndjson),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-genq-job-id": job_id},
     )
