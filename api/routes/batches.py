@@ -17,11 +17,11 @@ from ..files import FileStore
 router = APIRouter(prefix="/v1", tags=["batches"])
 
 
-def get_files(request: Request) -> FileStore:
+async def get_files(request: Request) -> FileStore:
     return request.app.state.files  # type: ignore[no-any-return]
 
 
-def get_batches(request: Request) -> BatchStore:
+async def get_batches(request: Request) -> BatchStore:
     return request.app.state.batches  # type: ignore[no-any-return]
 
 
