@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,17 +43,28 @@ async def test_ndjson_gets_no_keepalive_lines() -> None:
     ]
 
 
+@contextlib.asynccontextmanager
+async def _relay(url: str) -> AsyncIterator[tuple[JobStore, StreamRelay]]:
+    """A JobStore and a started StreamRelay on the Redis at `url`."""
+    r = redis_from_url(url)
+    relay_redis = redis_from_url(url)
+    store = JobStore(r)
+    relay = StreamRelay(relay_redis, store)
+    await relay.start()
+    try:
+        yield store, relay
+    finally:
+        await relay.stop()
+        await relay_redis.aclose()
+        await r.aclose()
+
+
 def test_relay_signals_silence_and_then_relays_the_delta(redis_server: Any) -> None:
     """A listener with idle_s gets an Idle per idle_s of silence (a queued job), and the
     delta that follows, in order; a listener without idle_s never sees an Idle."""
 
     async def go() -> tuple[list[Any], list[Any]]:
-        r = redis_from_url(redis_server.url)
-        relay_redis = redis_from_url(redis_server.url)
-        store = JobStore(r)
-        relay = StreamRelay(relay_redis, store)
-        await relay.start()
-        try:
+        async with _relay(redis_server.url) as (store, relay):
             jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
 
             async def collect(idle_s: float | None) -> list[Any]:
@@ -69,10 +81,6 @@ def test_relay_signals_silence_and_then_relays_the_delta(redis_server: Any) -> N
             assert (await store.claim(jid, "w")).outcome == "claimed"
             await store.append_deltas("w", [PendingDelta(jid, "hi", 1, 1)])
             return await asyncio.wait_for(with_idle, 5), await asyncio.wait_for(without, 5)
-        finally:
-            await relay.stop()
-            await relay_redis.aclose()
-            await r.aclose()
 
     with_idle, without = asyncio.run(go())
     assert isinstance(with_idle[-1], DeltaEvent) and with_idle[-1].seq == 0
@@ -85,12 +93,7 @@ def test_a_stream_that_fell_behind_catches_up_in_one_batch(redis_server: Any) ->
     busy come out as one batch too, in order."""
 
     async def go() -> list[Any]:
-        r = redis_from_url(redis_server.url)
-        relay_redis = redis_from_url(redis_server.url)
-        store = JobStore(r)
-        relay = StreamRelay(relay_redis, store)
-        await relay.start()
-        try:
+        async with _relay(redis_server.url) as (store, relay):
             jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
             assert (await store.claim(jid, "w")).outcome == "claimed"
             for i in range(5):
@@ -103,10 +106,6 @@ def test_a_stream_that_fell_behind_catches_up_in_one_batch(redis_server: Any) ->
             live = await anext(batches)
             await batches.aclose()
             return [replay, live]
-        finally:
-            await relay.stop()
-            await relay_redis.aclose()
-            await r.aclose()
 
     replay, live = asyncio.run(go())
     assert [e.seq for e in replay] == [2, 3, 4]
