@@ -84,7 +84,7 @@ def test_claim_returns_the_record(redis_server: Any) -> None:
 
 def test_job_concurrency_adds_a_few_engine_queued_jobs() -> None:
     assert job_concurrency(256, None) == 256 + 16
-    assert job_concurrency(8, None) == 8 + 2
+    assert job_concurrency(8, None) == 8  # small batches: none (a burst stays balanced)
     assert job_concurrency(256, 0) == 256
     assert job_concurrency(4, 3) == 7
 
@@ -105,10 +105,10 @@ def test_a_full_worker_refills_its_slot_at_once(stack: Stack) -> None:
 
 
 def test_a_worker_holds_a_few_jobs_beyond_its_batch(stack: Stack) -> None:
-    """Default concurrency = max_num_seqs + max(2, max_num_seqs/16): with a batch of 4 the
+    """Concurrency = max_num_seqs + --prefetch-extra: with a batch of 4 and 2 extra the
     worker claims 6 jobs, 2 of them waiting in the engine's own queue, so a finished job's
     slot is refilled by the engine at once; the rest stay queued for other workers."""
-    stack.start_worker("--max-num-seqs", "4", "--sim-step-ms", "50")
+    stack.start_worker("--max-num-seqs", "4", "--prefetch-extra", "2", "--sim-step-ms", "50")
     with stack.client() as c:
         ids = [submit(c, {"prompt": "x", "params": {"max_tokens": 60}})["id"] for _ in range(9)]
         deadline = time.monotonic() + 20
