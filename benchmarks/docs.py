@@ -96,7 +96,7 @@ STAGE_NOTES = (
 
 def stage_table(runs: list[dict[str, Any]]) -> list[str]:
     """Where each genq run's time went, one row per run (ms, p50 / p90 / p99)."""
-    from genq.bench import STAGES
+    from genq.bench_stages import STAGES
 
     staged = [r for r in runs if r.get("stages_ms")]
     if not staged:

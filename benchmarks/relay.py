@@ -35,7 +35,8 @@ from typing import Any
 
 import aiohttp
 
-from genq.bench import LaunchedStack, _pct
+from genq.bench_load import percentile
+from genq.bench_stack import LaunchedStack
 
 QUEUE_ONLY = "bench-queue-only"
 
@@ -200,8 +201,8 @@ async def phase_relay(
         "delta_events": events,
         "deltas_per_s": events / span_s if span_s > 0 else 0.0,
         "tokens_per_s": toks / span_s if span_s > 0 else 0.0,
-        "p50_added_latency_ms": _pct(lat, 50) * 1000,
-        "p99_added_latency_ms": _pct(lat, 99) * 1000,
+        "p50_added_latency_ms": percentile(lat, 50) * 1000,
+        "p99_added_latency_ms": percentile(lat, 99) * 1000,
         "mean_added_latency_ms": statistics.fmean(lat) * 1000 if lat else 0.0,
         "stream_errors": len(errors),
         "first_error": errors[0] if errors else None,

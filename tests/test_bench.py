@@ -14,18 +14,16 @@ import aiohttp
 import httpx
 import pytest
 
-from genq.bench import (
+from genq.bench import main, scaling
+from genq.bench_load import (
     RequestResult,
     jobs_client,
-    main,
     make_requests,
     metrics,
     openai_chat_client,
     run_load,
-    scaling,
-    stage_summary,
-    stage_times,
 )
+from genq.bench_stages import stage_summary, stage_times
 from tests.stack import Stack
 
 

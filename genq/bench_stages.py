@@ -1,0 +1,84 @@
+"""Where genq's time goes, per job of the jobs endpoint: the job's own timestamps read back
+after a run, with the client's wall-clock stamps (see genq/bench.py's docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from genq.bench_load import PERCENTILES, RequestResult, percentile
+
+STAGES = ("submit", "queue", "engine_first", "relay_first", "relay_end")
+
+
+def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
+    """One job's stages in ms (see the module docstring); a stage whose two timestamps are
+    not both known (a failed job, a stream that broke) is left out."""
+    created, started = rec.get("created_at"), rec.get("started_at")
+    first, finished = rec.get("first_token_at"), rec.get("finished_at")
+    spans = {
+        "submit": (res.wall_post, created),
+        "queue": (created, started),
+        "engine_first": (started, first),
+        "relay_first": (first, res.wall_first),
+        "relay_end": (finished, res.wall_done),
+    }
+    return {k: (b - a) * 1000 for k, (a, b) in spans.items() if a and b}
+
+
+def stage_summary(per_job: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """p50/p90/p99 of each stage over the jobs that have it."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in STAGES:
+        vals = [j[stage] for j in per_job if stage in j]
+        if vals:
+            out[stage] = {f"p{p}": round(percentile(vals, p), 3) for p in PERCENTILES}
+    return out
+
+
+async def fetch_records(
+    session: Any, base_url: str, job_ids: list[str], parallel: int = 64
+) -> dict[str, dict[str, Any]]:
+    """GET /v1/jobs/{id} for each job, `parallel` at a time (through the client's session,
+    so with its API key); a job whose record cannot be read is left out."""
+    base = base_url.rstrip("/")
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(job_id: str) -> tuple[str, dict[str, Any] | None]:
+        async with sem:
+            try:
+                async with session.get(f"{base}/v1/jobs/{job_id}") as r:
+                    return job_id, (await r.json()) if r.status == 200 else None
+            except Exception:  # a missing record costs one job's stages, not the run
+                return job_id, None
+
+    got = await asyncio.gather(*(one(j) for j in job_ids))
+    return {j: rec for j, rec in got if rec is not None}
+
+
+async def job_breakdown(
+    session: Any, base_url: str, results: list[RequestResult]
+) -> dict[str, Any]:
+    """The run's `stages_ms` and which workers ran its jobs, from the job records."""
+    done = [r for r in results if r.job_id]
+    recs = await fetch_records(session, base_url, [r.job_id for r in done])
+    per_job = [stage_times(r, recs[r.job_id]) for r in done if r.job_id in recs]
+    by_worker: dict[str, int] = {}
+    for rec in recs.values():
+        if rec.get("worker"):
+            by_worker[rec["worker"]] = by_worker.get(rec["worker"], 0) + 1
+    return {
+        "stages_ms": stage_summary(per_job),
+        "workers_seen": sorted(by_worker),
+        "jobs_per_worker": dict(sorted(by_worker.items())),
+    }
+
+
+def format_stages(r: dict[str, Any]) -> str:
+    parts = [f"{k} {v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}" for k, v in r["stages_ms"].items()]
+    per_worker = " ".join(f"{w}:{n}" for w, n in r.get("jobs_per_worker", {}).items())
+    return (
+        f"{r['target']:>8} c={r['max_concurrency'] or 'inf':>4} stages ms p50/p90/p99: "
+        + " | ".join(parts)
+        + (f" | jobs per worker {per_worker}" if per_worker else "")
+    )
