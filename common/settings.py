@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     worker_ttl_s: float = Field(10.0, gt=0, description="A worker silent this long is dead")
     sse_queue_size: int = Field(1024, ge=16, description="Events buffered per slow SSE client")
     sse_keepalive_s: float = Field(15.0, gt=0)
+    task_events: bool = Field(
+        True,
+        description="Workers send Celery task events (Flower's task view); off saves a busy "
+        "worker the 3 event messages per job (~8% of its CPU in a GPU profile)",
+    )
     fast_enqueue: bool = Field(
         True, description="LPUSH Celery's message directly (false: Celery send_task)"
     )

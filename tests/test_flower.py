@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -130,3 +131,40 @@ def test_flower_shows_model_and_sizes_not_prompt(sim_stack: Stack, flower: str) 
     assert f"'model': '{DEFAULT_MODEL}'" in task["kwargs"]
     assert f"'input_size': {len(SECRET)}" in task["kwargs"]
     assert "zebra" not in json.dumps(tasks)
+
+
+def _celery_event_kinds(stack: Stack, body: dict[str, Any]) -> set[str]:
+    """The Celery event routing keys (task.received, worker.heartbeat, ...) published while
+    one job runs on the stack's worker."""
+    r = stack.redis_client()
+    ps = r.pubsub(ignore_subscribe_messages=True)
+    ps.psubscribe("*celeryev*")
+    try:
+        time.sleep(0.3)
+        with stack.client() as c:
+            wait_job(c, submit(c, body)["id"])
+        time.sleep(1.0)  # the task-succeeded event follows the job's end
+        kinds: set[str] = set()
+        deadline = time.monotonic() + 1.0  # None also stands for a skipped confirmation
+        while time.monotonic() < deadline:
+            msg = ps.get_message(timeout=0.1)
+            if msg is not None and b"celeryev" in msg["channel"]:
+                kinds.add(msg["channel"].decode().rsplit("/", 1)[-1])
+        return kinds
+    finally:
+        ps.close()
+        r.close()
+
+
+def test_task_events_can_be_turned_off(stack: Stack) -> None:
+    """GENQ_TASK_EVENTS=false: the worker sends no task events (Flower's task view stays
+    empty, the worker saves their cost); by default it sends them (Celery groups a job's
+    received/started/succeeded events into `task.multi` messages)."""
+    body = {"prompt": "x", "params": {"max_tokens": 2}}
+    stack.start_worker(env={"GENQ_TASK_EVENTS": "false"})
+    quiet = _celery_event_kinds(stack, body)
+    assert not {k for k in quiet if k.startswith("task.")}, quiet
+    stack.workers[-1].kill()
+    stack.start_worker()
+    loud = _celery_event_kinds(stack, body)
+    assert {k for k in loud if k.startswith("task.")}, loud
