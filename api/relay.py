@@ -27,6 +27,7 @@ import redis.exceptions as rex
 from common import keys
 from common.jobstore import JobStore
 from common.models import JobRecord
+from common.states import TERMINAL
 
 log = logging.getLogger("genq.api.relay")
 
@@ -281,7 +282,7 @@ class StreamRelay:
                     text = raw.decode()
                     last = _seq_of(text)
                     replay.append(DeltaEvent(last, text))
-            if status is not None and status.decode() in _TERMINAL:
+            if status is not None and status.decode() in TERMINAL:
                 record = await self.store.get(job_id, with_request=False)
                 if record is not None:
                     replay.append(EndEvent(record))
@@ -322,9 +323,6 @@ class StreamRelay:
                     return
         finally:
             await self._remove(job_id, lst)
-
-
-_TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 
 
 def _seq_of(data: str) -> int:

@@ -48,4 +48,4 @@ async def encode(
             if not ndjson:
                 yield KEEPALIVE
             continue
-        yield fmt(batch[0]) if len(batch) == 1 else "".join(map(fmt, batch))
+        yield "".join(map(fmt, batch))

@@ -48,6 +48,7 @@ from common.jobstore import JobStore
 from common.leases import Lease
 from common.models import WebhookDelivery, WebhookSpec
 from common.settings import Settings
+from common.states import TERMINAL
 
 log = logging.getLogger("genq.api.webhooks")
 
@@ -151,7 +152,7 @@ class WebhookDispatcher:
             return
         spec = WebhookSpec.model_validate_json(spec_raw)
         sent = set((sent_raw or "").split(",")) - {""}
-        terminal = status in ("succeeded", "failed", "cancelled", "expired")
+        terminal = status in TERMINAL
         due: list[str] = []
         if "started" in spec.events and "started" not in sent and started_at:
             due.append("started")

@@ -220,7 +220,7 @@ async def job_events(
         after_seq = int(last_event_id.strip())
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
     keepalive_s = None if ndjson else request.app.state.settings.sse_keepalive_s
-    events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s or None)
+    events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s)
     return StreamingResponse(
         encode(events, ndjson),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
