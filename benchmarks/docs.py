@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genq.bench import table
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 IMG = ROOT / "docs" / "img"
@@ -94,51 +96,6 @@ STAGE_NOTES = (
 )
 
 
-def stage_table(runs: list[dict[str, Any]]) -> list[str]:
-    """Where each genq run's time went, one row per run (ms, p50 / p90 / p99)."""
-    from genq.bench_stages import STAGES
-
-    staged = [r for r in runs if r.get("stages_ms")]
-    if not staged:
-        return []
-    out = [
-        "",
-        f"Where genq's time goes, per job (ms, p50 / p90 / p99). {STAGE_NOTES}",
-        "",
-        "| side | conc | workers | " + " | ".join(STAGES) + " | jobs per worker |",
-        "|" + "---|" * (4 + len(STAGES)),
-    ]
-    for r in staged:
-        st = r["stages_ms"]
-        cells = [
-            f"{st[k]['p50']:.1f} / {st[k]['p90']:.1f} / {st[k]['p99']:.1f}" if k in st else "-"
-            for k in STAGES
-        ]
-        per_worker = ", ".join(f"{w}: {n}" for w, n in r.get("jobs_per_worker", {}).items())
-        out.append(
-            f"| {r['target']} | {r['max_concurrency']} | {r.get('workers') or '-'} | "
-            + " | ".join(cells)
-            + f" | {per_worker or '-'} |"
-        )
-    return out
-
-
-def scaling_table(scaling: list[dict[str, Any]]) -> list[str]:
-    if not scaling:
-        return []
-    out = [
-        "",
-        "| conc | workers | out tok/s over the first count | req/s over the first count |",
-        "|---|---|---|---|",
-    ]
-    for x in scaling:
-        out.append(
-            f"| {x['max_concurrency']} | {x['workers']} / {x['base_workers']} "
-            f"| **{x['output_throughput_ratio']:.3f}** | {x['request_throughput_ratio']:.3f} |"
-        )
-    return out
-
-
 def serve_tables(results: list[dict[str, Any]]) -> str:
     out = []
     for res in results:
@@ -154,36 +111,8 @@ def serve_tables(results: list[dict[str, Any]]) -> str:
                 f"Engine start: worker {info['genq_start_s']:.0f} s (to first model listing)"
                 f"{more}{direct}.\n"
             )
-        out.append(
-            "| side | conc | reqs | ok | req/s | out tok/s | TTFT p50 / p90 / p99 ms "
-            "| TPOT p50 / p90 / p99 ms | ITL p50 / p99 ms | E2EL p50 / p99 ms |"
-        )
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
         runs = sorted(res["runs"], key=lambda r: (r["max_concurrency"] or 0, r["target"]))
-        for r in runs:
-            out.append(
-                f"| {r['target']} | {r['max_concurrency']} | {r['num_prompts']} | {r['completed']} "
-                f"| {r['request_throughput']:.2f} | {r['output_throughput']:,.0f} "
-                f"| {r['p50_ttft_ms']:.1f} / {r['p90_ttft_ms']:.1f} / {r['p99_ttft_ms']:.1f} "
-                f"| {r['p50_tpot_ms']:.2f} / {r['p90_tpot_ms']:.2f} / {r['p99_tpot_ms']:.2f} "
-                f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
-                f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
-            )
-        out += stage_table(runs)
-        if res["ratios"]:
-            out.append("")
-            out.append(
-                "| side | conc | out tok/s genq / direct | TTFT p50 genq - direct | "
-                "TPOT p50 genq / direct |"
-            )
-            out.append("|---|---|---|---|---|")
-            for x in res["ratios"]:
-                out.append(
-                    f"| {x.get('target', 'genq')} | {x['max_concurrency']} "
-                    f"| **{x['output_throughput_ratio']:.3f}** "
-                    f"| {x['ttft_p50_overhead_ms']:+.1f} ms | {x['tpot_p50_ratio']:.3f} |"
-                )
-        out += scaling_table(res.get("scaling", []))
+        out.append(table(runs, res["ratios"], res.get("scaling", []), stage_note=STAGE_NOTES))
         out.append("")
     return "\n".join(out)
 

@@ -58,7 +58,7 @@ from genq.bench_load import (
     run_load,
 )
 from genq.bench_stack import LaunchedStack
-from genq.bench_stages import STAGES, format_stages, job_breakdown
+from genq.bench_stages import format_stages, job_breakdown, stage_table
 
 EXAMPLES = """examples:
   # an API that is running already (native jobs endpoint, 64 at a time)
@@ -408,10 +408,14 @@ def table(
     runs: list[dict[str, Any]],
     rat: list[dict[str, Any]],
     scale: list[dict[str, Any]] | None = None,
+    *,
+    stage_note: str = "",
 ) -> str:
+    """The runs, where genq's time went, genq/direct and the scaling, as markdown: printed
+    at the end of a run and written into docs/BENCHMARKS.md by benchmarks/docs.py."""
     head = (
-        "| target | conc | reqs | ok | req/s | out tok/s | TTFT p50/p90/p99 ms "
-        "| TPOT p50/p90/p99 ms | ITL p50/p99 ms | E2EL p50/p99 ms |"
+        "| side | conc | reqs | ok | req/s | out tok/s | TTFT p50 / p90 / p99 ms "
+        "| TPOT p50 / p90 / p99 ms | ITL p50 / p99 ms | E2EL p50 / p99 ms |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in runs:
@@ -423,34 +427,30 @@ def table(
             f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
             f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
         )
-    staged = [r for r in runs if r.get("stages_ms")]
-    if staged:
-        lines += ["", "| target | conc | " + " | ".join(STAGES) + " (ms p50 / p99) |"]
-        lines.append("|" + "---|" * (2 + len(STAGES)))
-        for r in staged:
-            st = r["stages_ms"]
-            cells = [f"{st[k]['p50']:.1f} / {st[k]['p99']:.1f}" if k in st else "-" for k in STAGES]
-            lines.append(
-                f"| {r['target']} | {r['max_concurrency'] or 'inf'} | " + " | ".join(cells) + " |"
-            )
+    lines += stage_table(runs, note=stage_note)
     if rat:
         lines += [
             "",
-            "| target | conc | out tok/s genq/direct | TTFT p50 +ms | TPOT p50 genq/direct |",
+            "| side | conc | out tok/s genq / direct | TTFT p50 genq - direct "
+            "| TPOT p50 genq / direct |",
             "|---|---|---|---|---|",
         ]
         for x in rat:
             lines.append(
-                f"| {x['target']} | {x['max_concurrency'] or 'inf'} "
-                f"| {x['output_throughput_ratio']:.3f} "
-                f"| {x['ttft_p50_overhead_ms']:+.1f} | {x['tpot_p50_ratio']:.3f} |"
+                f"| {x.get('target', 'genq')} | {x['max_concurrency'] or 'inf'} "
+                f"| **{x['output_throughput_ratio']:.3f}** "
+                f"| {x['ttft_p50_overhead_ms']:+.1f} ms | {x['tpot_p50_ratio']:.3f} |"
             )
     if scale:
-        lines += ["", "| conc | workers | out tok/s vs base | req/s vs base |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| conc | workers | out tok/s over the first count | req/s over the first count |",
+            "|---|---|---|---|",
+        ]
         for x in scale:
             lines.append(
                 f"| {x['max_concurrency'] or 'inf'} | {x['workers']} / {x['base_workers']} "
-                f"| {x['output_throughput_ratio']:.3f} | {x['request_throughput_ratio']:.3f} |"
+                f"| **{x['output_throughput_ratio']:.3f}** | {x['request_throughput_ratio']:.3f} |"
             )
     return "\n".join(lines)
 

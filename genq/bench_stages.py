@@ -82,3 +82,31 @@ def format_stages(r: dict[str, Any]) -> str:
         + " | ".join(parts)
         + (f" | jobs per worker {per_worker}" if per_worker else "")
     )
+
+
+def stage_table(runs: list[dict[str, Any]], note: str = "") -> list[str]:
+    """Markdown: where each genq run's time went, one row per run (ms, p50 / p90 / p99),
+    with the workers that ran its jobs; `note` goes in the line above the table."""
+    staged = [r for r in runs if r.get("stages_ms")]
+    if not staged:
+        return []
+    out = [
+        "",
+        f"Where genq's time goes, per job (ms, p50 / p90 / p99). {note}".rstrip(),
+        "",
+        "| side | conc | workers | " + " | ".join(STAGES) + " | jobs per worker |",
+        "|" + "---|" * (4 + len(STAGES)),
+    ]
+    for r in staged:
+        st = r["stages_ms"]
+        cells = [
+            f"{st[k]['p50']:.1f} / {st[k]['p90']:.1f} / {st[k]['p99']:.1f}" if k in st else "-"
+            for k in STAGES
+        ]
+        per_worker = ", ".join(f"{w}: {n}" for w, n in r.get("jobs_per_worker", {}).items())
+        out.append(
+            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {r.get('workers') or '-'} | "
+            + " | ".join(cells)
+            + f" | {per_worker or '-'} |"
+        )
+    return out
