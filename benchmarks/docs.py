@@ -123,6 +123,21 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t, "--" if t == "direct" else "-") for t in names]
 
 
+def _save(fig: Any, ax: Any, filename: str, xlabel: str, ylabel: str, title: str) -> str:
+    """Label, grid and legend a plot, write it to docs/img/filename, close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(IMG / filename, dpi=110)
+    plt.close(fig)
+    return filename
+
+
 def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
     import matplotlib
 
@@ -144,16 +159,16 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{tag} {target}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("max concurrency")
-    ax.set_ylabel("output tokens/s")
-    ax.set_title("Output throughput: bare AsyncLLM (direct) and genq")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = IMG / f"{name}-throughput.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path.name)
+    made.append(
+        _save(
+            fig,
+            ax,
+            f"{name}-throughput.png",
+            "max concurrency",
+            "output tokens/s",
+            "Output throughput: bare AsyncLLM (direct) and genq",
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for res in results:
@@ -174,16 +189,9 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
             xs = sorted(r["ttfts_ms"])
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
             ax.step(xs, ys, style, where="post", label=f"{tag} {target} (c={conc})")
-    ax.set_xlabel("TTFT (ms)")
-    ax.set_ylabel("fraction of requests")
-    ax.set_title("TTFT CDF")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = IMG / f"{name}-ttft-cdf.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    made.append(path.name)
+    made.append(
+        _save(fig, ax, f"{name}-ttft-cdf.png", "TTFT (ms)", "fraction of requests", "TTFT CDF")
+    )
     return made
 
 

@@ -9,6 +9,7 @@ import json
 import time
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -56,25 +57,33 @@ def test_random_requests_have_the_asked_lengths() -> None:
     )  # same seed, same prompts (both sides)
 
 
-def test_jobs_client_measures_a_live_stack(sim_stack: Stack) -> None:
-    reqs = make_requests(
-        8, input_len=16, output_len=12, range_ratio=0.0, chat=False, vocab=(1, 50), seed=0
-    )
+def _run_client(
+    make: Any, stack: Stack, reqs: list[Any], *, max_concurrency: int
+) -> tuple[list[RequestResult], float]:
+    """All `reqs` through the endpoint client `make` builds, against the stack's API."""
 
     async def go() -> tuple[list[RequestResult], float]:
         async with aiohttp.ClientSession() as s:
-            fn = jobs_client(s, sim_stack.url, "SmolLM2-135M-Instruct", True, 0.0)
+            fn = make(s, stack.url, "SmolLM2-135M-Instruct", True, 0.0)
             return await run_load(
                 fn,
                 reqs,
                 request_rate=float("inf"),
                 burstiness=1.0,
-                max_concurrency=4,
+                max_concurrency=max_concurrency,
                 seed=0,
                 label="test",
             )
 
-    results, duration = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_jobs_client_measures_a_live_stack(sim_stack: Stack) -> None:
+    reqs = make_requests(
+        8, input_len=16, output_len=12, range_ratio=0.0, chat=False, vocab=(1, 50), seed=0
+    )
+
+    results, duration = _run_client(jobs_client, sim_stack, reqs, max_concurrency=4)
     assert all(r.success for r in results), [r.error for r in results]
     assert all(r.output_tokens == 12 for r in results)
     assert all(0 < r.ttft < r.latency and len(r.itl) >= 1 for r in results)
@@ -100,20 +109,7 @@ def test_openai_chat_client_measures_a_live_stack(sim_stack: Stack) -> None:
         4, input_len=8, output_len=6, range_ratio=0.0, chat=True, vocab=(1, 50), seed=0
     )
 
-    async def go() -> tuple[list[RequestResult], float]:
-        async with aiohttp.ClientSession() as s:
-            fn = openai_chat_client(s, sim_stack.url, "SmolLM2-135M-Instruct", True, 0.0)
-            return await run_load(
-                fn,
-                reqs,
-                request_rate=float("inf"),
-                burstiness=1.0,
-                max_concurrency=2,
-                seed=0,
-                label="test",
-            )
-
-    results, _ = asyncio.run(go())
+    results, _ = _run_client(openai_chat_client, sim_stack, reqs, max_concurrency=2)
     assert all(r.success for r in results), [r.error for r in results]
     assert all(r.output_tokens == 6 and 0 < r.ttft < r.latency for r in results)
 
