@@ -120,3 +120,33 @@ def test_a_worker_holds_a_few_jobs_beyond_its_batch(stack: Stack) -> None:
         assert len(queued) == 3
         for jid in ids:
             c.post(f"/v1/jobs/{jid}/cancel")
+
+
+def test_the_engine_loop_is_uvloop_when_installed() -> None:
+    """The worker's one loop (engine output handling, publisher, claims) runs on uvloop, as
+    `vllm serve` does; uvloop comes with uvicorn[standard], a dependency."""
+    import uvloop
+
+    from worker.host import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+
+
+def test_unfinished_requests_counted_on_vllm_without_the_asyncllm_method() -> None:
+    """vLLM 0.26 (the GPU image) has no AsyncLLM.get_num_unfinished_requests: the count
+    comes from its output processor, as it has all along (the heartbeat reads it)."""
+    from types import SimpleNamespace
+
+    from worker.vllm_engine import EngineOptions, VllmEngine
+
+    engine = VllmEngine(EngineOptions(model="m"))
+    assert engine.num_unfinished() == 0  # not started
+    processor = SimpleNamespace(get_num_unfinished_requests=lambda: 7)
+    engine._llm = SimpleNamespace(output_processor=processor)  # the 0.26 shape
+    assert engine.num_unfinished() == 7
+    engine._llm = SimpleNamespace(get_num_unfinished_requests=lambda: 3, output_processor=processor)
+    assert engine.num_unfinished() == 3
