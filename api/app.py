@@ -19,7 +19,7 @@ from .files import FileStore
 from .limits import BodySizeLimit
 from .metrics import ApiMetrics, RequestMetrics
 from .models_directory import ModelDirectory
-from .relay import StreamRelay
+from .relay import StreamRelay, relay_client
 from .routes import admin, batches, jobs, openai, playground, system
 from .webhooks import WebhookDispatcher
 
@@ -38,9 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = JobStore(
             redis, retention_s=settings.retention_s, max_attempts=settings.max_attempts
         )
-        # The relay's connection blocks on reads; it gets a client of its own without a
-        # socket timeout, so a quiet stream is not mistaken for a dead connection.
-        relay_redis = redis_from_url(settings.redis_url, socket_timeout=None)
+        relay_redis = relay_client(settings.redis_url)
         relay = StreamRelay(relay_redis, store, queue_size=settings.sse_queue_size)
         relay.on_end = metrics.observe_job_end
         st = app.state

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from api.relay import DeltaEvent, Idle, StreamEvent, StreamRelay
+from api.relay import DeltaEvent, Idle, RelayError, StreamEvent, StreamRelay, relay_client
 from api.sse import KEEPALIVE, encode
 from common.jobstore import JobStore, PendingDelta, redis_from_url
 from common.models import JobRequest
@@ -44,12 +47,12 @@ async def test_ndjson_gets_no_keepalive_lines() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _relay(url: str) -> AsyncIterator[tuple[JobStore, StreamRelay]]:
+async def _relay(url: str, **kw: Any) -> AsyncIterator[tuple[JobStore, StreamRelay]]:
     """A JobStore and a started StreamRelay on the Redis at `url`."""
     r = redis_from_url(url)
-    relay_redis = redis_from_url(url)
+    relay_redis = relay_client(url)
     store = JobStore(r)
-    relay = StreamRelay(relay_redis, store)
+    relay = StreamRelay(relay_redis, store, **kw)
     await relay.start()
     try:
         yield store, relay
@@ -110,3 +113,36 @@ def test_a_stream_that_fell_behind_catches_up_in_one_batch(redis_server: Any) ->
     replay, live = asyncio.run(go())
     assert [e.seq for e in replay] == [2, 3, 4]
     assert [e.seq for e in live] == [5, 6, 7, 8]
+
+
+def test_a_frozen_redis_ends_open_streams_and_the_relay_comes_back(redis_server: Any) -> None:
+    """Redis stopped with SIGSTOP keeps its sockets open and answers nothing, so no read
+    fails by itself. The relay's watchdog pings after `ping_s` of silence and gives up on the
+    connection one period later: open streams end with redis_unavailable (clients reconnect
+    with Last-Event-ID), and once Redis answers again new streams get their deltas."""
+
+    async def go() -> tuple[list[Any], float, list[Any]]:
+        async with _relay(redis_server.url, ping_s=0.2) as (store, relay):
+            jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            async def first_batch() -> Any:
+                return await anext(relay.listen_batches(jid))
+
+            waiting = asyncio.create_task(first_batch())
+            await asyncio.sleep(0.5)  # subscribed, replayed nothing, waiting live
+            assert not waiting.done() and relay.connected
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            try:
+                ended = await asyncio.wait_for(waiting, 5)
+                waited = time.monotonic() - t0
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            assert (await store.claim(jid, "w")).outcome == "claimed"
+            await store.append_deltas("w", [PendingDelta(jid, "hi", 1, 1)])
+            again = await asyncio.wait_for(first_batch(), 10)
+            return ended, waited, again
+
+    ended, waited, again = asyncio.run(go())
+    assert [type(e) for e in ended] == [RelayError] and ended[0].code == "redis_unavailable"
+    assert waited < 2.0  # two ping periods and change, not forever
+    assert [(type(e), getattr(e, "seq", None)) for e in again] == [(DeltaEvent, 0)]
