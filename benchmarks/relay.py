@@ -59,6 +59,23 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def consumer_pid(worker_pid: int) -> int | None:
+    """The worker's Celery consumer process (worker/consumer.py), if it has one."""
+    for task in Path(f"/proc/{worker_pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
+                if b"worker.consumer" in cmd or b"celeryd" in cmd:  # Celery retitles it
+                    return int(kid)
+            except OSError:
+                continue
+    return None
+
+
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -216,12 +233,16 @@ async def phase_publish(
     session: aiohttp.ClientSession, base: str, model: str, jobs: int, tokens: int, worker_pid: int
 ) -> dict:
     """Jobs stream with no client attached: what one worker writes to Redis per second, and
-    the worker's CPU per token (less noisy than tokens/s on a shared machine: it is the cost
-    that competes with the engine for the worker's GIL)."""
+    the worker's CPU per token (less noisy than tokens/s on a shared machine): the engine
+    process's, the cost that competes with the engine's frontend for its GIL, and the Celery
+    consumer process's beside it."""
+    consumer = consumer_pid(worker_pid)
     cpu0 = cpu_s(worker_pid)
+    ccpu0 = cpu_s(consumer) if consumer else 0.0
     ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(jobs)))
     records = await wait_jobs(session, base, list(ids))
     cpu = cpu_s(worker_pid) - cpu0
+    ccpu = (cpu_s(consumer) - ccpu0) if consumer else 0.0
     start = min(r["started_at"] for r in records if r.get("started_at"))
     end = max(r["finished_at"] for r in records if r.get("finished_at"))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
@@ -232,6 +253,7 @@ async def phase_publish(
         "tokens_per_s": toks / (end - start),
         "worker_cpu_s": round(cpu, 2),
         "worker_cpu_us_per_token": round(cpu / max(1, toks) * 1e6, 1),
+        "consumer_cpu_us_per_token": round(ccpu / max(1, toks) * 1e6, 1),
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery, Task
 from celery.exceptions import Reject
@@ -28,14 +28,22 @@ from common.taskspec import (
     job_id_from_message,
     shadow_name,
 )
-from worker.host import EngineHost, NotAccepting
+from worker.host import NotAccepting
 
 log = logging.getLogger("genq.worker")
 
-_host: EngineHost | None = None
+
+class JobRunner(Protocol):
+    """Runs a job to a terminal state and says what happened (worker/job_pipe.HostProxy in
+    the consumer process; an EngineHost when both share a process, as in tests)."""
+
+    def run_job_blocking(self, job_id: str) -> str: ...
 
 
-def attach_host(host: EngineHost) -> None:
+_host: JobRunner | None = None
+
+
+def attach_host(host: JobRunner) -> None:
     global _host
     _host = host
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -229,9 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     from common import keys
-    from worker.celery_app import attach_host, make_celery, resend_task, restore_unacked_task
+    from worker.celery_app import make_celery, resend_task, restore_unacked_task
+    from worker.consumer import ConsumerSpec, start_consumer
     from worker.host import EngineHost
+    from worker.job_pipe import JobPipeServer
 
+    # This process only sends (the reaper's re-sends and restores); the consumer is a child.
     app = make_celery(settings, visibility_timeout_s=args.visibility_timeout)
     engine = build_engine(args)
     host = EngineHost(
@@ -252,7 +257,6 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "worker %s: %d engine process(es) watched", host.worker_id, watch_engine_processes()
         )
-    attach_host(host)
     if args.health_port:
         from worker.health import serve_health
 
@@ -266,61 +270,82 @@ def main(argv: list[str] | None = None) -> None:
         queue,
         concurrency,
     )
-    nodename = f"{host.worker_id}@{engine.info.model}"
-
-    def stop_consuming() -> None:
-        # Runs in the consumer's own thread via the broker's control channel: the safe way
-        # to stop a running Celery consumer from elsewhere.
-        app.control.cancel_consumer(queue, destination=[nodename], reply=False)
-
-    host.on_unhealthy = stop_consuming
-    worker = app.Worker(
-        pool="threads",
+    spec = ConsumerSpec(
+        queue=queue,
         concurrency=concurrency,
-        queues=[queue],
-        hostname=nodename,
-        loglevel=settings.log_level,
-        without_mingle=True,
-        without_gossip=True,
-        optimization="fair",
+        nodename=f"{host.worker_id}@{engine.info.model}",
+        visibility_timeout_s=args.visibility_timeout,
+        log_level=settings.log_level,
     )
-    _install_drain(host, worker, args.drain_timeout)
-    from celery.signals import worker_ready
-
-    worker_ready.connect(lambda **_: host.mark_consuming(), weak=False)
+    consumer, conn = start_consumer(spec)
+    server = JobPipeServer(host, conn)
+    host.on_unhealthy = lambda: server.send(("stop_consuming",))
+    server.start()
+    draining = _install_drain(host, consumer, args.drain_timeout)
     try:
-        worker.start()
+        _wait(consumer)
+        if not draining.is_set():
+            log.error(
+                "worker %s: its Celery consumer exited (code %s); stopping",
+                host.worker_id,
+                consumer.returncode,
+            )
+            host.stop_accepting()
+            host.hand_back_in_flight()
     finally:
         host.shutdown()
-    sys.exit(worker.exitcode or 0)
+    sys.exit((consumer.returncode or 0) if draining.is_set() else 1)
 
 
-def _install_drain(host: Any, worker: Any, drain_timeout: float) -> None:
-    """SIGTERM starts Celery's warm shutdown: the consumer stops, running tasks finish (the
-    threads pool waits for them) and messages delivered but not started are cancelled and,
-    never acked, restored to the queue when the channel closes. We also stop the host taking
-    jobs (a task that starts anyway hands its message back), and a watchdog gives up after
-    drain_timeout: jobs still running are handed back at once (requeued if they streamed
-    nothing, else failed `worker_lost`) rather than waiting for another worker's reaper."""
-    from celery.signals import worker_shutting_down
+def _wait(proc: Any) -> None:
+    """Wait for a child, letting signal handlers (the drain) run meanwhile."""
+    while proc.poll() is None:
+        try:
+            proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            pass
 
-    def on_shutdown(**_: Any) -> None:
+
+def _install_drain(host: Any, consumer: Any, drain_timeout: float) -> threading.Event:
+    """SIGTERM (or SIGINT) starts the drain: the host takes no new job (a task that starts
+    anyway hands its message back), and the consumer gets SIGTERM, Celery's warm shutdown:
+    it stops consuming, its running tasks finish (each waits for its job here) and messages
+    delivered but not started are restored to the queue when its channel closes. A watchdog
+    gives up after drain_timeout: jobs still running are handed back at once (requeued if
+    they streamed nothing, else failed `worker_lost`) rather than waiting for another
+    worker's reaper, and both processes exit."""
+    draining = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if draining.is_set():
+            return
+        draining.set()
         log.warning(
             "shutting down: draining up to %.0fs with %d jobs in flight",
             drain_timeout,
             host.in_flight,
         )
         host.stop_accepting()
+        try:
+            consumer.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
         def watchdog() -> None:
             threading.Event().wait(drain_timeout)
             log.error("drain timeout: exiting with %d jobs in flight", host.in_flight)
             host.hand_back_in_flight()
+            try:
+                consumer.kill()
+            except ProcessLookupError:
+                pass
             os._exit(1)
 
         threading.Thread(target=watchdog, daemon=True, name="genq-drain-watchdog").start()
 
-    worker_shutting_down.connect(on_shutdown, weak=False)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return draining
 
 
 if __name__ == "__main__":
