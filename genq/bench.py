@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from genq.bench_cpu import CpuSampler, cpu_table, roles
 from genq.bench_load import (
     BenchRequest,
     RequestFn,
@@ -231,9 +232,11 @@ async def _side(
     *,
     fields: dict[str, Any] | None = None,
     inspect: Callable[[list[RequestResult]], Awaitable[dict[str, Any]]] | None = None,
+    cpu: CpuSampler | None = None,
 ) -> list[dict[str, Any]]:
     """Warm up, then one timed run per (concurrency, prompts); `fields` go into every run,
-    `inspect` adds what it finds after each run (outside the timed part)."""
+    `inspect` adds what it finds after each run (outside the timed part), `cpu` the CPU
+    each part of the stack used during it."""
     if warm:
         res, _ = await run_load(
             fn,
@@ -249,6 +252,8 @@ async def _side(
             raise RuntimeError(f"{name}: warmup requests failed: {bad[0]}")
     runs = []
     for conc, n, reqs in plan:
+        if cpu is not None:
+            cpu.start()
         results, duration = await run_load(
             fn,
             reqs,
@@ -259,6 +264,8 @@ async def _side(
             label=f"{name} c={conc or 'inf'}",
         )
         m = metrics(results, duration)
+        if cpu is not None:
+            m["cpu_pct"] = cpu.stop()
         runs.append(
             {
                 "target": name,
@@ -287,8 +294,19 @@ async def _genq_side(
     *,
     target: str = "genq",
     workers: int | None = None,
+    stack: LaunchedStack | None = None,
 ) -> list[dict[str, Any]]:
     import aiohttp
+
+    def processes() -> dict[int, str]:
+        if stack is None:  # a stack started elsewhere: only this client is ours to see
+            return roles(client=os.getpid(), api=[], workers=[], redis=None)
+        return roles(
+            client=os.getpid(),
+            api=[stack.api.pid],
+            workers=[w.pid for w in stack.workers],
+            redis=stack.redis.proc.pid if stack.redis.proc else None,
+        )
 
     limit = max([c or n for c, n, _ in plan]) * 2 + 16
     conn = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False)
@@ -309,6 +327,7 @@ async def _genq_side(
             warm,
             fields={"workers": workers},
             inspect=inspect if args.endpoint == "jobs" else None,
+            cpu=CpuSampler(processes),
         )
 
 
@@ -329,7 +348,8 @@ async def _direct_side(
         fn = direct_client(
             engine.async_llm, args.ignore_eos, args.temperature, not wargs.skip_tokenizer_init
         )
-        return await _side("direct", fn, args, plan, warm), start_s
+        cpu = CpuSampler(lambda: roles(client=os.getpid(), api=[], workers=[], redis=None))
+        return await _side("direct", fn, args, plan, warm, cpu=cpu), start_s
     finally:
         await engine.shutdown()
 
@@ -428,6 +448,7 @@ def table(
             f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
         )
     lines += stage_table(runs, note=stage_note)
+    lines += cpu_table(runs)
     if rat:
         lines += [
             "",
@@ -532,7 +553,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     info.setdefault("scale_start_s", {})[str(n)] = time.perf_counter() - t0
                 target = f"genq-{n}w" if args.scale_workers else "genq"
                 runs += await _genq_side(
-                    args, plan, warm, model, stack.base_url, target=target, workers=n
+                    args, plan, warm, model, stack.base_url, target=target, workers=n, stack=stack
                 )
             if args.baseline == "direct":
                 stack.stop_workers()  # free the accelerator for the in-process engine

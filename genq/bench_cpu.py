@@ -1,0 +1,121 @@
+"""Where the host's CPU went during a benchmark run: each part of the stack, in % of one core.
+
+A side whose throughput falls short is often short of CPU somewhere: the API's event loop,
+the worker's engine process (vLLM's frontend shares its loop with genq's publisher), the
+Celery consumer, Redis, or the load generator itself. `CpuSampler` reads every process's
+user + system time from /proc at the start and end of a run and sums them by role; a role
+at ~100% on one process is a saturated core. Linux only (elsewhere it reports nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+ROLES = ("client", "api", "worker", "consumer", "engine_core", "redis")
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], _children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += _children(p)
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def roles(*, client: int, api: list[int], workers: list[int], redis: int | None) -> dict[int, str]:
+    """Every live process of a launched stack (and its children), by role. The load
+    generator's own children (the direct side's in-process engine core) count as
+    engine_core, as do a worker's children other than its Celery consumer."""
+    out: dict[int, str] = {client: "client"}
+    for p in _descendants(client):
+        out[p] = "engine_core"
+    for a in api:
+        for p in [a, *_descendants(a)]:
+            out[p] = "api"
+    for w in workers:
+        out[w] = "worker"
+        for p in _descendants(w):
+            cmd = _cmdline(p)
+            # Celery retitles its process ("[celeryd: ...]").
+            out[p] = "consumer" if b"worker.consumer" in cmd or b"celeryd" in cmd else "engine_core"
+    if redis is not None:
+        out[redis] = "redis"
+    return out
+
+
+class CpuSampler:
+    """`start()` then `stop()` around a run: % of one core per role over the run."""
+
+    def __init__(self, find: Any):
+        self._find = find  # () -> {pid: role}, re-read at each end (processes come and go)
+        self._t0 = 0.0
+        self._cpu0: dict[int, float] = {}
+
+    def start(self) -> None:
+        self._cpu0 = {p: c for p in self._find() if (c := _cpu_s(p)) is not None}
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._t0
+        if wall <= 0:
+            return {}
+        used: dict[str, float] = {}
+        for pid, role in self._find().items():
+            c = _cpu_s(pid)
+            if c is None:
+                continue
+            used[role] = used.get(role, 0.0) + c - self._cpu0.get(pid, 0.0)
+        return {r: round(100 * used[r] / wall, 1) for r in ROLES if r in used}
+
+
+def cpu_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown: each run's CPU by role, in % of one core."""
+    sampled = [r for r in runs if r.get("cpu_pct")]
+    if not sampled:
+        return []
+    cols = [c for c in ROLES if any(c in r["cpu_pct"] for r in sampled)]
+    out = [
+        "",
+        "CPU during each run, % of one core (summed over a role's processes; ~100 on one "
+        "process is a saturated core).",
+        "",
+        "| side | conc | " + " | ".join(cols) + " |",
+        "|" + "---|" * (2 + len(cols)),
+    ]
+    for r in sampled:
+        cells = [f"{r['cpu_pct'][c]:.0f}" if c in r["cpu_pct"] else "-" for c in cols]
+        out.append(
+            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | " + " | ".join(cells) + " |"
+        )
+    return out
