@@ -7,6 +7,7 @@
 #   torch.compile cache one engine start can take most of that, so split the sides then)
 #   SIDE scale: 1 worker, then 2 (one GPU each) behind 4 API processes, no direct side
 #   (benchmarks/gpu_scaling.sh; needs 2 GPUs)
+# GENQ_BENCH_ARGS: more `genq bench` arguments, e.g. "--api-workers 2"
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -27,6 +28,8 @@ case $SIDE in
     MODE=(--launch --scale-workers 1,2 --gpu-per-worker --api-workers 4) ;;
   *) echo "SIDE must be both, genq, direct or scale"; exit 2 ;;
 esac
+# shellcheck disable=SC2206  # word-split on purpose
+MODE+=(${GENQ_BENCH_ARGS:-})
 timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
   --random-input-len 512 --random-output-len 256 \
   --max-concurrency "$CONCS" --num-prompts "$NUMS" \

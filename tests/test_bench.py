@@ -214,6 +214,9 @@ def test_launch_scale_workers_1_then_2(
             assert r["stages_ms"][stage]["p50"] >= 0, (stage, r["stages_ms"])
         # the simulated engine's first step is 20 ms: the engine stage holds it
         assert r["stages_ms"]["engine_first"]["p50"] >= 15
+        # every part of the stack was sampled, and all of them did some work
+        assert set(r["cpu_pct"]) == {"client", "api", "worker", "consumer", "redis"}, r
+        assert all(v > 0 for v in r["cpu_pct"].values()), r["cpu_pct"]
     assert runs[2]["workers_seen"] == ["w1", "w2"]
     assert [(x["max_concurrency"], x["workers"]) for x in result["scaling"]] == [(8, 2)]
     assert result["scaling"][0]["output_throughput_ratio"] > 0
@@ -222,6 +225,8 @@ def test_launch_scale_workers_1_then_2(
     assert result["info"]["loop"] == ("uvloop" if find_spec("uvloop") else "asyncio")
     assert (tmp_path / "state" / "logs" / "worker-2.log").exists()
     # the final JSON line carries the scaling too
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    assert "CPU during each run" in printed and "| consumer |" in printed
+    last = json.loads(printed.strip().splitlines()[-1])
     assert last["scaling"] and last["runs"][1]["workers"] == 2
     assert elapsed < 60, f"took {elapsed:.0f} s"
