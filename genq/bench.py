@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from genq.bench_cpu import CpuSampler, cpu_table, roles
+from genq.bench_cpu import CpuSampler, cpu_table, pin_engine_cores, roles
 from genq.bench_load import (
     BenchRequest,
     RequestFn,
@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=900,
         help="seconds to wait for launched workers to be ready (engine start)",
+    )
+    t.add_argument(
+        "--pin-engine-core",
+        action="store_true",
+        help="give each engine core process a CPU of its own and the rest of the stack the "
+        "other CPUs, on both sides (small models: the engine core's loop sets the pace)",
     )
     t.add_argument(
         "--direct-only",
@@ -319,13 +325,16 @@ async def _genq_side(
         async def inspect(results: list[RequestResult]) -> dict[str, Any]:
             return await job_breakdown(session, base_url, results)
 
+        pinned = pin_engine_cores(processes()) if args.pin_engine_core else {}
+        if args.pin_engine_core:
+            print(f"{target}: pinned {pinned or 'nothing (no engine core found)'}", file=sys.stderr)
         return await _side(
             target,
             fn,
             args,
             plan,
             warm,
-            fields={"workers": workers},
+            fields={"workers": workers, **({"pinned": pinned} if pinned else {})},
             inspect=inspect if args.endpoint == "jobs" else None,
             cpu=CpuSampler(processes),
         )
@@ -348,8 +357,17 @@ async def _direct_side(
         fn = direct_client(
             engine.async_llm, args.ignore_eos, args.temperature, not wargs.skip_tokenizer_init
         )
-        cpu = CpuSampler(lambda: roles(client=os.getpid(), api=[], workers=[], redis=None))
-        return await _side("direct", fn, args, plan, warm, cpu=cpu), start_s
+
+        def processes() -> dict[int, str]:
+            return roles(client=os.getpid(), api=[], workers=[], redis=None)
+
+        pinned = pin_engine_cores(processes()) if args.pin_engine_core else {}
+        if args.pin_engine_core:
+            print(f"direct: pinned {pinned or 'nothing (no engine core found)'}", file=sys.stderr)
+        fields = {"pinned": pinned} if pinned else None
+        return await _side(
+            "direct", fn, args, plan, warm, fields=fields, cpu=CpuSampler(processes)
+        ), start_s
     finally:
         await engine.shutdown()
 

@@ -119,3 +119,35 @@ def cpu_table(runs: list[dict[str, Any]]) -> list[str]:
             f"| {r['target']} | {r['max_concurrency'] or 'inf'} | " + " | ".join(cells) + " |"
         )
     return out
+
+
+def _not_engine(cmd: bytes) -> bool:
+    # A worker's other helpers: the engine-process watcher and multiprocessing's tracker.
+    return b"parent_death" in cmd or b"resource_tracker" in cmd
+
+
+def pin_engine_cores(procs: dict[int, str]) -> dict[str, list[int]]:
+    """`genq bench --pin-engine-core`: give each engine core process a CPU of its own and
+    every other process of the stack the remaining CPUs (all their threads; threads started
+    later inherit it). vLLM's engine core spins a Python loop on one core; at small models
+    that loop decides the token rate, and any process the OS places on its CPU slows it.
+    Returns {"engine_core": [cpu per engine], "rest": [cpus]}; nothing where not possible."""
+    cpus = sorted(os.sched_getaffinity(0))
+    engines = [p for p, r in procs.items() if r == "engine_core" and not _not_engine(_cmdline(p))]
+    if not engines or len(cpus) < len(engines) + 1:
+        return {}
+    mine, rest = cpus[: len(engines)], cpus[len(engines) :]
+    for pid, cpu in zip(engines, mine, strict=True):
+        _set_affinity(pid, {cpu})
+    for pid in procs:
+        if pid not in engines:
+            _set_affinity(pid, set(rest))
+    return {"engine_core": mine, "rest": rest}
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except OSError:  # a thread that just ended
+            pass

@@ -230,3 +230,35 @@ def test_launch_scale_workers_1_then_2(
     last = json.loads(printed.strip().splitlines()[-1])
     assert last["scaling"] and last["runs"][1]["workers"] == 2
     assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+def test_pin_engine_core_gives_the_engine_a_cpu_of_its_own() -> None:
+    """--pin-engine-core: a child of the load generator (the direct side's engine core) gets
+    one CPU, and the generator (every thread) the others; the CPU sampler sees both."""
+    import os
+    import subprocess
+    import sys
+
+    from genq.bench_cpu import CpuSampler, _set_affinity, pin_engine_cores, roles
+
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.skip("needs 2 CPUs")
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"])
+    try:
+        procs = roles(client=os.getpid(), api=[], workers=[], redis=None)
+        assert procs[child.pid] == "engine_core"
+        sampler = CpuSampler(lambda: roles(client=os.getpid(), api=[], workers=[], redis=None))
+        sampler.start()
+        pinned = pin_engine_cores(procs)
+        engine_cpu = pinned["engine_core"]
+        assert os.sched_getaffinity(child.pid) == set(engine_cpu)
+        assert os.sched_getaffinity(0) == set(pinned["rest"])
+        assert set(engine_cpu).isdisjoint(pinned["rest"])
+        sum(i * i for i in range(300_000))  # some CPU for the sampler to see
+        used = sampler.stop()
+        assert used["client"] > 0 and "engine_core" in used
+    finally:
+        _set_affinity(os.getpid(), before)
+        child.kill()
+        child.wait()
