@@ -58,8 +58,11 @@ def roles(*, client: int, api: list[int], workers: list[int], redis: int | None)
     generator's own children (the direct side's in-process engine core) count as
     engine_core, as do a worker's children other than its Celery consumer."""
     out: dict[int, str] = {client: "client"}
-    for p in _descendants(client):
-        out[p] = "engine_core"
+    for p in _descendants(client):  # also a launched stack's processes, once its workers stop
+        cmd = _cmdline(p)
+        out[p] = (
+            "redis" if b"redis-server" in cmd else "api" if b"run_api" in cmd else "engine_core"
+        )
     for a in api:
         for p in [a, *_descendants(a)]:
             out[p] = "api"
