@@ -119,6 +119,7 @@ class StreamRelay:
         self.queue_size = queue_size
         self.ping_s = ping_s
         self._heard = False  # any message since the watchdog last looked
+        self._ending: set[asyncio.Task[None]] = set()  # terminal records being fetched
         self._channels: dict[str, _Channel] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -200,7 +201,12 @@ class StreamRelay:
                         continue
                     data = resp[2].decode()
                     if data.startswith('{"end"'):
-                        await self._relay_end(channel, ch)
+                        # Fetching the record is a round trip: off the reader's path, so
+                        # the other streams' deltas do not queue behind it. The job's
+                        # deltas were all queued before this message; none follow it.
+                        task = asyncio.create_task(self._relay_end(channel, ch))
+                        self._ending.add(task)
+                        task.add_done_callback(self._ending.discard)
                     else:
                         self._relay_delta(ch, data)
                     continue
