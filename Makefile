@@ -51,7 +51,7 @@ test: install fetch-model lint typecheck browser
 	$(PY) -m pytest -q -ra --durations=15
 
 bench: install
-	$(PY) -m benchmarks.relay --write-docs
+	$(PY) -m benchmarks.relay --write-docs --out benchmarks/results/relay-cpu-latest.json
 
 clean:
 	rm -rf $(VENV) .genq .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,9 @@ tokens per step and batch size), so every number here is the cost of genq itself
   relay     N SSE clients on one API process, each following one streaming job; the
             simulated engine stamps each step with its emit time, so each client measures
             the latency genq adds (engine emit -> worker publisher -> Redis -> API relay ->
-            SSE -> client), p50/p99, and the deltas/s the API delivered
+            SSE -> client), p50/p99, of the deltas a stream got live (those emitted before
+            it opened come from the replay log and are counted apart), and the deltas/s
+            the API delivered
   enqueue   POST /v1/jobs throughput (64 in flight) to a model no worker serves: admission,
             the job record and the Celery message, nothing else
   streams   API resident memory with M open SSE streams (jobs queued, streams idle)
@@ -35,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from genq.bench_load import percentile
+from genq.bench_load import percentile, sse_events
 from genq.bench_stack import LaunchedStack
 
 QUEUE_ONLY = "bench-queue-only"
@@ -163,35 +165,39 @@ async def phase_relay(
     tokens: int,
     api_pid: int,
 ) -> dict:
-    """`clients` jobs, each followed by one SSE client; latency from the engine's stamps."""
+    """`clients` jobs, each followed by one SSE client; added latency from the engine's stamps
+    of the deltas that reached a stream live (emitted after it opened)."""
     ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(clients)))
     lat: list[float] = []
-    events = 0
+    events = replayed = 0
     errors: list[str] = []
     span = [float("inf"), 0.0]  # first and last delta seen by any client
     rss_peak = 0.0
 
     async def follow(jid: str) -> None:
-        nonlocal events
+        nonlocal events, replayed
         async with session.get(f"{base}/v1/jobs/{jid}/events") as r:
-            event = b""
-            async for raw in r.content:
-                if raw.startswith(b"event: "):
-                    event = raw[7:].rstrip()
-                elif raw.startswith(b"data: "):
-                    if event == b"delta":
-                        now = time.time()
-                        i = raw.find(b"@")  # the oldest stamp of a (possibly merged) delta
-                        if i >= 0:
-                            lat.append(now - float(raw[i + 1 : i + 18]))
-                        events += 1
-                        span[0] = min(span[0], now)
-                        span[1] = now
-                    elif event == b"error":
-                        errors.append(raw[6:200].decode())
-                        return
-                    else:
-                        return
+            # Deltas the engine emitted before this stream was open come from the replay log:
+            # how late the client connected, not latency genq added. Only live ones count.
+            opened = time.time()
+            async for event, data in sse_events(r.content):
+                if event == "delta":
+                    now = time.time()
+                    i = data.find(b"@")  # the oldest stamp of a (possibly merged) delta
+                    if i >= 0:
+                        stamp = float(data[i + 1 : i + 18])
+                        if stamp >= opened:
+                            lat.append(now - stamp)
+                        else:
+                            replayed += 1
+                    events += 1
+                    span[0] = min(span[0], now)
+                    span[1] = now
+                elif event == "error":
+                    errors.append(data[:200].decode())
+                    return
+                else:
+                    return
 
     async def sample() -> None:
         nonlocal rss_peak
@@ -216,6 +222,7 @@ async def phase_relay(
         "tokens_per_job": tokens,
         "seconds": dt,
         "delta_events": events,
+        "replayed_deltas": replayed,
         "deltas_per_s": events / span_s if span_s > 0 else 0.0,
         "tokens_per_s": toks / span_s if span_s > 0 else 0.0,
         "p50_added_latency_ms": percentile(lat, 50) * 1000,
