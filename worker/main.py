@@ -204,10 +204,10 @@ def build_engine(args: argparse.Namespace) -> Any:
 
 
 # How long a thread may hold the GIL before another that wants it gets it (Python's default:
-# 5 ms). The engine loop thread is busy nearly all the time under load, so Celery's consumer
-# thread waited up to 5 ms at each of its few GIL handoffs per message: on an H200 at 256
-# concurrent jobs, Celery's delivery (queued -> received) reached 290 ms p50 and capped
-# admitted jobs/s (docs/BENCHMARKS.md, "GPU").
+# 5 ms). The engine loop thread is busy nearly all the time under load. When Celery's consumer
+# shared this process it waited up to 5 ms at each GIL handoff (H200, 256 jobs: delivery p50
+# 290 ms; 117 ms with 0.5 ms). Celery now has a process of its own; what still shares this
+# GIL is the health server's thread (Kubernetes probes, /metrics scrapes) and the drain.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
