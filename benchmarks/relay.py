@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from genq.bench_cpu import cpu_seconds, roles
 from genq.bench_load import percentile, sse_events
 from genq.bench_stack import LaunchedStack
 
@@ -52,30 +53,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_s(pid: int) -> float:
+def cpu_s(pid: int | None) -> float:
     """User + system CPU seconds a process has used so far (0 once it is gone)."""
-    stat = Path(f"/proc/{pid}/stat")
-    if not stat.exists():
-        return 0.0
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (cpu_seconds(pid) or 0.0) if pid else 0.0
 
 
 def consumer_pid(worker_pid: int) -> int | None:
     """The worker's Celery consumer process (worker/consumer.py), if it has one."""
-    for task in Path(f"/proc/{worker_pid}/task").glob("*"):
-        try:
-            kids = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for kid in kids:
-            try:
-                cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
-                if b"worker.consumer" in cmd or b"celeryd" in cmd:  # Celery retitles it
-                    return int(kid)
-            except OSError:
-                continue
-    return None
+    procs = roles(client=os.getpid(), api=[], workers=[worker_pid], redis=None)
+    return next((p for p, role in procs.items() if role == "consumer"), None)
 
 
 def raise_fd_limit() -> None:
@@ -245,11 +231,11 @@ async def phase_publish(
     consumer process's beside it."""
     consumer = consumer_pid(worker_pid)
     cpu0 = cpu_s(worker_pid)
-    ccpu0 = cpu_s(consumer) if consumer else 0.0
+    ccpu0 = cpu_s(consumer)
     ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(jobs)))
     records = await wait_jobs(session, base, list(ids))
     cpu = cpu_s(worker_pid) - cpu0
-    ccpu = (cpu_s(consumer) - ccpu0) if consumer else 0.0
+    ccpu = cpu_s(consumer) - ccpu0
     start = min(r["started_at"] for r in records if r.get("started_at"))
     end = max(r["finished_at"] for r in records if r.get("finished_at"))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)

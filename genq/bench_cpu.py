@@ -19,7 +19,8 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 ROLES = ("client", "api", "worker", "consumer", "engine_core", "redis")
 
 
-def _cpu_s(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (None once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -86,7 +87,7 @@ class CpuSampler:
         self._cpu0: dict[int, float] = {}
 
     def start(self) -> None:
-        self._cpu0 = {p: c for p in self._find() if (c := _cpu_s(p)) is not None}
+        self._cpu0 = {p: c for p in self._find() if (c := cpu_seconds(p)) is not None}
         self._t0 = time.perf_counter()
 
     def stop(self) -> dict[str, float]:
@@ -95,7 +96,7 @@ class CpuSampler:
             return {}
         used: dict[str, float] = {}
         for pid, role in self._find().items():
-            c = _cpu_s(pid)
+            c = cpu_seconds(pid)
             if c is None:
                 continue
             used[role] = used.get(role, 0.0) + c - self._cpu0.get(pid, 0.0)
