@@ -139,6 +139,31 @@ def test_sigkill_before_tokens_retries_on_another_worker(stack: Stack) -> None:
     assert stack.running_jobs() == []
 
 
+def test_a_worker_whose_celery_consumer_dies_stops_and_hands_back_its_job(stack: Stack) -> None:
+    """The consumer is a child of the engine process (worker/consumer.py). If it dies alone
+    (OOM killer, a crash), the worker must not go on as an engine nobody feeds: it hands
+    back its running job (here nothing streamed yet: requeued) and exits 1, so its
+    supervisor restarts it; another worker then runs the job."""
+    import os
+    import signal
+
+    from genq.bench_cpu import roles
+
+    w = stack.start_worker()
+    procs = roles(client=os.getpid(), api=[], workers=[w.popen.pid], redis=None)
+    consumer = next(p for p, role in procs.items() if role == "consumer")
+    with stack.client() as c:
+        job = submit(c, {"prompt": "[sim:prefill_ms=2500] hi", "params": {"max_tokens": 5}})
+        wait_until(lambda: get(c, job["id"])["status"] == "running", 10, "claimed")
+        os.kill(consumer, signal.SIGKILL)
+        assert w.popen.wait(30) == 1
+        assert "its Celery consumer exited" in w.log_text()
+        stack.start_worker()
+        done = wait_job(c, job["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2 and done["worker"] == "w2"
+
+
 def test_sigkilled_worker_leaves_no_process_behind(stack: Stack) -> None:
     """The harness kills the worker's process group; prove the group is really empty (the
     real engine's EngineCore is a child process: see test_engine_faults for vLLM)."""
