@@ -44,8 +44,10 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.path_limits.get(scope.get("path", ""), self.max_bytes)
+        has_body = False
         for name, value in scope.get("headers", []):
             if name == b"content-length":
+                has_body = value != b"0"
                 try:
                     too_big = int(value) > limit
                 except ValueError:
@@ -53,6 +55,14 @@ class BodySizeLimit:
                 if too_big:
                     await self._reject(send, limit)
                     return
+            elif name == b"transfer-encoding":
+                has_body = True
+        if not has_body:
+            # No Content-Length and no Transfer-Encoding: HTTP/1.1 says no body follows, so
+            # there is nothing to limit. Pass through untouched: an SSE stream's every chunk
+            # would otherwise go through one more send wrapper.
+            await self.app(scope, receive, send)
+            return
         seen = 0
         started = False
         rejected = False

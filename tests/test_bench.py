@@ -214,9 +214,10 @@ def test_launch_scale_workers_1_then_2(
             assert r["stages_ms"][stage]["p50"] >= 0, (stage, r["stages_ms"])
         # the simulated engine's first step is 20 ms: the engine stage holds it
         assert r["stages_ms"]["engine_first"]["p50"] >= 15
-        # every part of the stack was sampled, and all of them did some work
-        assert set(r["cpu_pct"]) == {"client", "api", "worker", "consumer", "redis"}, r
-        assert all(v > 0 for v in r["cpu_pct"].values()), r["cpu_pct"]
+        # every part of the stack was sampled, and each did some work (in a full test run,
+        # other tests' processes, also children of pytest, show up as more roles)
+        parts = ("client", "api", "worker", "consumer", "redis")
+        assert all(r["cpu_pct"].get(k, 0) > 0 for k in parts), r["cpu_pct"]
     assert runs[2]["workers_seen"] == ["w1", "w2"]
     assert [(x["max_concurrency"], x["workers"]) for x in result["scaling"]] == [(8, 2)]
     assert result["scaling"][0]["output_throughput_ratio"] > 0
@@ -246,9 +247,10 @@ def test_pin_engine_core_gives_the_engine_a_cpu_of_its_own() -> None:
         pytest.skip("needs 2 CPUs")
     child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"])
     try:
-        procs = roles(client=os.getpid(), api=[], workers=[], redis=None)
-        assert procs[child.pid] == "engine_core"
-        sampler = CpuSampler(lambda: roles(client=os.getpid(), api=[], workers=[], redis=None))
+        assert roles(client=os.getpid(), api=[], workers=[], redis=None)[child.pid] == "engine_core"
+        # Only these two: in a full test run pytest has other children (other tests' stacks).
+        procs = {os.getpid(): "client", child.pid: "engine_core"}
+        sampler = CpuSampler(lambda: procs)
         sampler.start()
         pinned = pin_engine_cores(procs)
         engine_cpu = pinned["engine_core"]
