@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from typing import Any
@@ -298,12 +297,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _wait(proc: Any) -> None:
-    """Wait for a child, letting signal handlers (the drain) run meanwhile."""
-    while proc.poll() is None:
-        try:
-            proc.wait(0.5)
-        except subprocess.TimeoutExpired:
-            pass
+    """Wait for a child. A blocking waitpid: a signal interrupts it, its handler (the drain)
+    runs, and the wait resumes (PEP 475), so nothing needs to poll. (A 0.5 s poll woke this
+    thread every few ms to 50 ms inside Popen.wait's own sleep loop: 3.7% of the engine
+    process's samples in a profile, each a GIL request against the engine loop.)"""
+    proc.wait()
 
 
 def _install_drain(host: Any, consumer: Any, drain_timeout: float) -> threading.Event:
