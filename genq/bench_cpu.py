@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ def roles(*, client: int, api: list[int], workers: list[int], redis: int | None)
 class CpuSampler:
     """`start()` then `stop()` around a run: % of one core per role over the run."""
 
-    def __init__(self, find: Any):
-        self._find = find  # () -> {pid: role}, re-read at each end (processes come and go)
+    def __init__(self, find: Callable[[], dict[int, str]]):
+        self._find = find  # {pid: role}, re-read at each end (processes come and go)
         self._t0 = 0.0
         self._cpu0: dict[int, float] = {}
 

@@ -124,6 +124,7 @@ def test_a_frozen_redis_ends_open_streams_and_the_relay_comes_back(redis_server:
     async def go() -> tuple[list[Any], float, list[Any]]:
         async with _relay(redis_server.url, ping_s=0.2) as (store, relay):
             jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+
             async def first_batch() -> Any:
                 return await anext(relay.listen_batches(jid))
 

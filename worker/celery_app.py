@@ -34,8 +34,8 @@ log = logging.getLogger("genq.worker")
 
 
 class JobRunner(Protocol):
-    """Runs a job to a terminal state and says what happened (worker/job_pipe.HostProxy in
-    the consumer process; an EngineHost when both share a process, as in tests)."""
+    """Runs a job to a terminal state and says what happened: worker/job_pipe.HostProxy,
+    which asks the worker's engine process to run it."""
 
     def run_job_blocking(self, job_id: str) -> str: ...
 

@@ -1,8 +1,8 @@
 """EngineHost: one engine on one background asyncio loop, running many jobs at once.
 
-Celery's pool threads call `run_job_blocking(job_id)`, which schedules `run_job` on the
-host's loop and waits. Every job of the process therefore shares one engine and is batched
-by it continuously. The host also:
+The job pipe (worker/job_pipe.py) runs `run_job(job_id)` on the host's loop for each
+Celery task of the worker's consumer process. Every job of the worker therefore shares one
+engine and is batched by it continuously. The host also:
   * listens on genq:cancel and aborts local jobs (invariant 4),
   * heartbeats into genq:workers (model, max_model_len, in-flight) so the API knows what is
     served and the reaper knows who is alive,
@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import redis.exceptions as rex
@@ -193,10 +192,6 @@ class EngineHost:
         return len(self._tasks)
 
     # -- jobs -------------------------------------------------------------------------------
-
-    def run_job_blocking(self, job_id: str) -> str:
-        fut: Future[str] = asyncio.run_coroutine_threadsafe(self.run_job(job_id), self.loop)
-        return fut.result()
 
     async def run_job(self, job_id: str) -> str:
         """Claim and run one job to a terminal state. Returns what happened, for logs."""

@@ -39,7 +39,6 @@ class JobPipeServer:
         self.host = host
         self.conn = conn
         self._lock = threading.Lock()  # replies come from the loop, stop_consuming from others
-        self.closed = threading.Event()  # the consumer's end is gone
 
     def start(self) -> None:
         self.host.loop.call_soon_threadsafe(
@@ -51,14 +50,13 @@ class JobPipeServer:
             with self._lock:
                 self.conn.send(msg)
         except OSError:  # the consumer is gone: main() notices its exit
-            self.closed.set()
+            pass
 
     def _on_readable(self) -> None:
         try:
             msg = self.conn.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the consumer is gone: main() notices its exit
             self.host.loop.remove_reader(self.conn.fileno())
-            self.closed.set()
             return
         if msg[0] == "run":
             self.host.loop.create_task(self._run(msg[1], msg[2]), name=f"genq-job-{msg[2]}")

@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     server.start()
     draining = _install_drain(host, consumer, args.drain_timeout)
     try:
-        _wait(consumer)
+        # A blocking waitpid: a signal interrupts it, its handler (the drain) runs and the
+        # wait resumes (PEP 475), so nothing needs to poll.
+        consumer.wait()
         if not draining.is_set():
             log.error(
                 "worker %s: its Celery consumer exited (code %s); stopping",
@@ -294,14 +296,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         host.shutdown()
     sys.exit((consumer.returncode or 0) if draining.is_set() else 1)
-
-
-def _wait(proc: Any) -> None:
-    """Wait for a child. A blocking waitpid: a signal interrupts it, its handler (the drain)
-    runs, and the wait resumes (PEP 475), so nothing needs to poll. (A 0.5 s poll woke this
-    thread every few ms to 50 ms inside Popen.wait's own sleep loop: 3.7% of the engine
-    process's samples in a profile, each a GIL request against the engine loop.)"""
-    proc.wait()
 
 
 def _install_drain(host: Any, consumer: Any, drain_timeout: float) -> threading.Event:
