@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--pin-engine-core",
         action="store_true",
-        help="give each engine core process a CPU of its own and the rest of the stack the "
-        "other CPUs, on both sides (small models: the engine core's loop sets the pace)",
+        help="give each engine core process a physical core of its own (a CPU and its SMT "
+        "siblings) and the rest of the stack the other CPUs, the same CPUs on both sides "
+        "(small models: the engine core's loop sets the pace)",
     )
     t.add_argument(
         "--direct-only",

@@ -132,22 +132,61 @@ def _not_engine(cmd: bytes) -> bool:
 
 
 def pin_engine_cores(procs: dict[int, str]) -> dict[str, list[int]]:
-    """`genq bench --pin-engine-core`: give each engine core process a CPU of its own and
-    every other process of the stack the remaining CPUs (all their threads; threads started
-    later inherit it). vLLM's engine core spins a Python loop on one core; at small models
-    that loop decides the token rate, and any process the OS places on its CPU slows it.
-    Returns {"engine_core": [cpu per engine], "rest": [cpus]}; nothing where not possible."""
-    cpus = sorted(os.sched_getaffinity(0))
+    """`genq bench --pin-engine-core`: give each engine core process a physical core of its
+    own (the CPU and its SMT siblings: a busy thread on the sibling hyperthread slows the
+    engine's loop too) and every other process of the stack the remaining CPUs (all their
+    threads; threads started later inherit it). vLLM's engine core spins a Python loop on
+    one core; at small models that loop decides the token rate, and any process the OS
+    places on its core slows it. The CPUs are chosen from the machine's online CPUs, the
+    same for each side of a run (whatever an earlier side's pinning left this process on).
+    Returns {"engine_core": [cpus of each engine, flattened], "rest": [cpus]}; nothing where
+    not possible."""
+    cpus = online_cpus()
     engines = [p for p, r in procs.items() if r == "engine_core" and not _not_engine(_cmdline(p))]
-    if not engines or len(cpus) < len(engines) + 1:
+    reserved: list[set[int]] = []
+    free = list(cpus)
+    for _ in engines:
+        if not free:
+            return {}
+        core = thread_siblings(free[0]) & set(free)
+        reserved.append(core)
+        free = [c for c in free if c not in core]
+    if not engines or not free:
         return {}
-    mine, rest = cpus[: len(engines)], cpus[len(engines) :]
-    for pid, cpu in zip(engines, mine, strict=True):
-        _set_affinity(pid, {cpu})
+    for pid, core in zip(engines, reserved, strict=True):
+        _set_affinity(pid, core)
     for pid in procs:
         if pid not in engines:
-            _set_affinity(pid, set(rest))
-    return {"engine_core": mine, "rest": rest}
+            _set_affinity(pid, set(free))
+    return {"engine_core": [c for core in reserved for c in sorted(core)], "rest": free}
+
+
+def _cpu_list(text: str) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (the kernel's CPU list format)."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def online_cpus() -> list[int]:
+    try:
+        return _cpu_list(Path("/sys/devices/system/cpu/online").read_text())
+    except OSError:
+        return sorted(os.sched_getaffinity(0))
+
+
+def thread_siblings(cpu: int) -> set[int]:
+    """The CPUs sharing `cpu`'s physical core (itself included; itself alone if unknown)."""
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+    try:
+        return set(_cpu_list(path.read_text())) | {cpu}
+    except (OSError, ValueError):
+        return {cpu}
 
 
 def _set_affinity(pid: int, cpus: set[int]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -233,9 +234,19 @@ def test_launch_scale_workers_1_then_2(
     assert elapsed < 60, f"took {elapsed:.0f} s"
 
 
-def test_pin_engine_core_gives_the_engine_a_cpu_of_its_own() -> None:
+def test_cpu_lists_read_as_the_kernel_writes_them() -> None:
+    from genq.bench_cpu import _cpu_list, online_cpus, thread_siblings
+
+    assert _cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert _cpu_list("5") == [5]
+    assert set(online_cpus()) >= os.sched_getaffinity(0)
+    assert 0 in thread_siblings(0)
+
+
+def test_pin_engine_core_gives_the_engine_a_core_of_its_own() -> None:
     """--pin-engine-core: a child of the load generator (the direct side's engine core) gets
-    one CPU, and the generator (every thread) the others; the CPU sampler sees both."""
+    one physical core, and the generator (every thread) the other CPUs; the CPU sampler sees
+    both."""
     import os
     import subprocess
     import sys

@@ -168,3 +168,48 @@ def test_task_events_can_be_turned_off(stack: Stack) -> None:
     stack.start_worker()
     loud = _celery_event_kinds(stack, body)
     assert {k for k in loud if k.startswith("task.")}, loud
+
+
+def _event_batches(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Celery events in one pub/sub message (kombu's envelope; task.multi holds a list)."""
+    envelope = json.loads(msg["data"])
+    body = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body).decode()
+    events = json.loads(body)
+    return events if isinstance(events, list) else [events]
+
+
+def test_task_events_go_out_in_timed_batches(sim_stack: Stack) -> None:
+    """The consumer sends its buffered task events at most every 0.1 s (worker/celery_events.py)
+    instead of at each pass of its loop: every job still gets its received, started and
+    succeeded events, in far fewer messages than jobs."""
+    n = 40
+    r = sim_stack.redis_client()
+    ps = r.pubsub(ignore_subscribe_messages=True)
+    ps.psubscribe("*celeryev*")
+    try:
+        time.sleep(0.3)
+        with sim_stack.client() as c:
+            ids = {submit(c, {"prompt": "x", "params": {"max_tokens": 2}})["id"] for _ in range(n)}
+            for job_id in ids:
+                wait_job(c, job_id)
+        seen: dict[str, set[str]] = {j: set() for j in ids}
+        messages = 0
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(
+            "task-succeeded" not in kinds for kinds in seen.values()
+        ):
+            msg = ps.get_message(timeout=0.1)
+            if msg is None or b"celeryev/task" not in msg["channel"]:
+                continue
+            ours = [e for e in _event_batches(msg) if e.get("uuid") in seen]
+            messages += bool(ours)
+            for e in ours:
+                seen[e["uuid"]].add(e["type"])
+    finally:
+        ps.close()
+        r.close()
+    for job_id, kinds in seen.items():
+        assert {"task-received", "task-started", "task-succeeded"} <= kinds, (job_id, kinds)
+    assert messages <= n // 3, f"{messages} event messages for {n} jobs"

@@ -80,6 +80,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
     from common.logs import setup_logging
     from common.settings import get_settings
     from worker.celery_app import attach_host, make_celery
+    from worker.celery_events import TimedEventsConsumer
     from worker.job_pipe import HostProxy
 
     settings = get_settings()
@@ -104,6 +105,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
         without_mingle=True,
         without_gossip=True,
         optimization="fair",
+        consumer_cls=TimedEventsConsumer,
     )
     worker.start()
     sys.exit(worker.exitcode or 0)
