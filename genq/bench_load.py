@@ -161,7 +161,9 @@ def jobs_client(
                         res.success = res.ttft > 0.0
                         if not res.success:
                             res.error = "no delta before done"
-                        break
+                        # No break: the stream ends right after; reading it to its end (as
+                        # vLLM's client reads to [DONE] and on) puts the keep-alive
+                        # connection back in the pool instead of closing it.
                     elif event == "error":
                         res.error = data.decode()[:300]
                         break
@@ -206,7 +208,7 @@ def openai_chat_client(
                         continue  # blank separators and ': ping' comments
                     chunk = line[6:]
                     if chunk == b"[DONE]":
-                        break
+                        continue  # read on to the end: the connection goes back to the pool
                     ts = time.perf_counter()
                     data = json.loads(chunk)
                     if data.get("choices"):

@@ -137,19 +137,20 @@ async def create_job(
 
 
 async def load_job(store: JobStore, job_id: str, caller: Caller) -> JobRecord:
-    bind_job(job_id)
+    await find_job(store, job_id, caller)
     rec = await store.get(job_id)
-    if rec is None:
+    if rec is None:  # ended its retention between the two reads
         raise NotFound(f"job '{job_id}' not found (unknown or past its retention)")
-    await check_owner(store, job_id, caller)
     return rec
 
 
-async def check_owner(store: JobStore, job_id: str, caller: Caller) -> None:
-    if caller.admin:
-        return
+async def find_job(store: JobStore, job_id: str, caller: Caller) -> None:
+    """The job exists and the caller may see it (one HGET: opening a stream needs no more)."""
+    bind_job(job_id)
     owner = await store.owner_of(job_id)
-    if owner is not None and owner != caller.owner:
+    if owner is None:
+        raise NotFound(f"job '{job_id}' not found (unknown or past its retention)")
+    if not caller.admin and owner != caller.owner:
         raise Forbidden("this job belongs to another API key")
 
 
@@ -212,7 +213,7 @@ async def job_events(
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=-1, description="Resume after this seq")] = None,
 ) -> StreamingResponse:
-    await load_job(store, job_id, caller)
+    await find_job(store, job_id, caller)
     after_seq = -1
     if after is not None:
         after_seq = after
@@ -230,7 +231,7 @@ async def job_events(
 
 @router.post("/{job_id}/cancel", response_model=JobRecord)
 async def cancel_job(job_id: str, caller: CallerDep, store: StoreDep) -> JobRecord:
-    await load_job(store, job_id, caller)
+    await find_job(store, job_id, caller)
     ok, status = await store.cancel(job_id)
     if not ok:
         raise JobFinished(f"job '{job_id}' is already {status}")

@@ -1,0 +1,38 @@
+"""The Celery consumer's Redis round trips per job: acks of jobs that end together go out
+in one pipeline (worker/kombu_acks.py), and none is lost."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from common.taskspec import UNACKED_KEY
+from tests.stack import Stack, submit, wait_job
+
+
+def test_acks_of_jobs_ending_together_share_a_round_trip(stack: Stack) -> None:
+    n = 60
+    stack.start_worker("--sim-step-ms", "20")
+    r = stack.redis_client()
+
+    def transactions() -> int:
+        return int(r.info("commandstats").get("cmdstat_multi", {}).get("calls", 0))
+
+    try:
+        with stack.client() as c:
+            before = transactions()
+            body = {"prompt": "x", "params": {"max_tokens": 10}}
+            with ThreadPoolExecutor(n) as pool:  # all at once: they run, and end, together
+                ids = [j["id"] for j in pool.map(lambda _: submit(c, body), range(n))]
+            for job_id in ids:
+                assert wait_job(c, job_id)["status"] == "succeeded"
+        deadline = time.monotonic() + 5
+        while r.hlen(UNACKED_KEY) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        used = transactions() - before
+        # kombu: one MULTI to record each delivered message as unacked, one more to ack it
+        assert r.hlen(UNACKED_KEY) == 0 and r.zcard(UNACKED_KEY + "_index") == 0
+        print(f"{used} MULTI for {n} jobs")
+        assert used < 1.5 * n, f"{used} MULTI/EXEC for {n} jobs"
+    finally:
+        r.close()
