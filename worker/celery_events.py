@@ -30,7 +30,7 @@ class TimedEventsConsumer(Consumer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._last_flush = 0.0
-        self._flush_timer: Any = None
+        self._flush_due: float | None = None  # when the scheduled send runs, if one is
         super().__init__(*args, **kwargs)
 
     def on_send_event_buffered(self) -> None:
@@ -46,14 +46,16 @@ class TimedEventsConsumer(Consumer):  # type: ignore[misc]
         if self.hub is None:
             super()._flush_events()
             return
-        wait = self._last_flush + self.flush_s - time.monotonic()
+        now = time.monotonic()
+        wait = self._last_flush + self.flush_s - now
         if wait <= 0:
             self._send_events()
-        elif self._flush_timer is None:
-            self._flush_timer = self.hub.call_later(wait, self._timed_send)
+        elif self._flush_due is None or now > self._flush_due + 1.0:  # (a lost timer re-arms)
+            self._flush_due = now + wait
+            self.hub.call_later(wait, self._timed_send)
 
     def _timed_send(self) -> None:
-        self._flush_timer = None
+        self._flush_due = None
         self._send_events()
 
     def _send_events(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from kombu.asynchronous import get_event_loop
@@ -32,17 +33,23 @@ class BatchedAckQoS(kombu_redis.QoS):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._acked: list[str] = []
         self._acked_lock = threading.Lock()
+        self._armed_at = 0.0  # when the last flush was scheduled
 
     def ack(self, delivery_tag: str) -> None:
         hub = get_event_loop()
         if hub is None:  # no event loop to batch on (a synchronous consumer)
             super().ack(delivery_tag)
             return
+        now = time.monotonic()
         with self._acked_lock:
             self._acked.append(delivery_tag)
-            first = len(self._acked) == 1
+            # The first ack of a batch schedules its flush (again if that flush is overdue:
+            # a timer lost with a restarted loop must not hold acks back for good).
+            arm = len(self._acked) == 1 or now - self._armed_at > 1.0
+            if arm:
+                self._armed_at = now
         virtual.QoS.ack(self, delivery_tag)  # the prefetch slot is free now
-        if first:  # call_soon is the hub's thread-safe door; its timer is not
+        if arm:  # call_soon is the hub's thread-safe door; its timer is not
             hub.call_soon(hub.call_later, ACK_DELAY_S, self.flush_acks)
 
     def flush_acks(self) -> None:
