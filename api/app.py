@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common.gc_tuning import tune_gc
 from common.jobstore import JobStore, redis_from_url
 from common.settings import Settings, get_settings
 
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = BatchRunner(redis, store, st.files, st.enqueuer, st.directory, settings)
         dispatcher = WebhookDispatcher(redis, store, settings)
         await relay.start()
+        if settings.gc_tuning:
+            tune_gc("api")
         background = [
             asyncio.create_task(runner.run(), name="genq-batches"),
             asyncio.create_task(dispatcher.run(), name="genq-webhooks"),

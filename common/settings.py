@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="Workers send Celery task events (Flower's task view); off saves a busy "
         "worker the 3 event messages per job (~8% of its CPU in a GPU profile)",
     )
+    gc_tuning: bool = Field(
+        True,
+        description="Freeze startup objects out of the garbage collector and collect less "
+        "often (common/gc_tuning.py): full collections stalled every stream ~0.1 s",
+    )
     fast_enqueue: bool = Field(
         True, description="LPUSH Celery's message directly (false: Celery send_task)"
     )

@@ -19,6 +19,7 @@ import sys
 import threading
 from typing import Any
 
+from common.gc_tuning import tune_gc
 from common.logs import setup_logging
 from common.settings import get_settings
 
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "worker %s: %d engine process(es) watched", host.worker_id, watch_engine_processes()
         )
+    if settings.gc_tuning:
+        tune_gc(f"worker {host.worker_id}")
     if args.health_port:
         from worker.health import serve_health
 
