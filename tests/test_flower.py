@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -133,14 +135,24 @@ def test_flower_shows_model_and_sizes_not_prompt(sim_stack: Stack, flower: str) 
     assert "zebra" not in json.dumps(tasks)
 
 
-def _celery_event_kinds(stack: Stack, body: dict[str, Any]) -> set[str]:
-    """The Celery event routing keys (task.received, worker.heartbeat, ...) published while
-    one job runs on the stack's worker."""
+@contextmanager
+def _celery_events(stack: Stack) -> Iterator[Any]:
+    """A pub/sub subscription to every Celery event channel of the stack's Redis."""
     r = stack.redis_client()
     ps = r.pubsub(ignore_subscribe_messages=True)
     ps.psubscribe("*celeryev*")
     try:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the subscription is in place
+        yield ps
+    finally:
+        ps.close()
+        r.close()
+
+
+def _celery_event_kinds(stack: Stack, body: dict[str, Any]) -> set[str]:
+    """The Celery event routing keys (task.received, worker.heartbeat, ...) published while
+    one job runs on the stack's worker."""
+    with _celery_events(stack) as ps:
         with stack.client() as c:
             wait_job(c, submit(c, body)["id"])
         time.sleep(1.0)  # the task-succeeded event follows the job's end
@@ -151,9 +163,6 @@ def _celery_event_kinds(stack: Stack, body: dict[str, Any]) -> set[str]:
             if msg is not None and b"celeryev" in msg["channel"]:
                 kinds.add(msg["channel"].decode().rsplit("/", 1)[-1])
         return kinds
-    finally:
-        ps.close()
-        r.close()
 
 
 def test_task_events_can_be_turned_off(stack: Stack) -> None:
@@ -185,11 +194,7 @@ def test_task_events_go_out_in_timed_batches(sim_stack: Stack) -> None:
     instead of at each pass of its loop: every job still gets its received, started and
     succeeded events, in far fewer messages than jobs."""
     n = 40
-    r = sim_stack.redis_client()
-    ps = r.pubsub(ignore_subscribe_messages=True)
-    ps.psubscribe("*celeryev*")
-    try:
-        time.sleep(0.3)
+    with _celery_events(sim_stack) as ps:
         with sim_stack.client() as c:
             ids = {submit(c, {"prompt": "x", "params": {"max_tokens": 2}})["id"] for _ in range(n)}
             for job_id in ids:
@@ -207,9 +212,6 @@ def test_task_events_go_out_in_timed_batches(sim_stack: Stack) -> None:
             messages += bool(ours)
             for e in ours:
                 seen[e["uuid"]].add(e["type"])
-    finally:
-        ps.close()
-        r.close()
     for job_id, kinds in seen.items():
         assert {"task-received", "task-started", "task-succeeded"} <= kinds, (job_id, kinds)
     assert messages <= n // 3, f"{messages} event messages for {n} jobs"
