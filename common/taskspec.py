@@ -40,6 +40,8 @@ def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
 # kombu's Redis transport keeps every delivered, not yet acked message in this hash (its
 # default `unacked_key`), keyed by delivery tag, until the consumer acks it.
 UNACKED_KEY = "unacked"
+# ... and their delivery tags in this sorted set, scored by delivery time (`unacked_index_key`).
+UNACKED_INDEX_KEY = "unacked_index"
 
 
 def queue_lists(model: str) -> list[str]:

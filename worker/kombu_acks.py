@@ -7,9 +7,9 @@ worker taking in ~100 jobs/s put 23% of that thread in acks. Jobs end in bursts 
 step finishes many at once), so here the acks of each ACK_DELAY_S go out as one pipeline.
 
 The message's prefetch slot is freed at once, as before; only the removal of its unacked
-entries waits (ACK_DELAY_S, 20 ms). A worker that dies in between
-leaves the entries, and the broker's visibility-timeout restore delivers the message again:
-claim.lua drops a job that has already ended, as for any redelivery.
+entries waits (ACK_DELAY_S, 20 ms). A worker that dies in between leaves the entries, and
+the broker's visibility-timeout restore delivers the message again: claim.lua drops a job
+that has already ended, as for any redelivery.
 """
 
 from __future__ import annotations
