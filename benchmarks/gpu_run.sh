@@ -8,6 +8,7 @@
 #   SIDE scale: 1 worker, then 2 (one GPU each) behind 4 API processes, no direct side
 #   (benchmarks/gpu_scaling.sh; needs 2 GPUs)
 # GENQ_BENCH_ARGS: more `genq bench` arguments, e.g. "--api-workers 2"
+# GENQ_PROFILE=1: also take py-spy profiles of genq's processes mid-run (gpu_profile.py)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -30,6 +31,12 @@ case $SIDE in
 esac
 # shellcheck disable=SC2206  # word-split on purpose
 MODE+=(${GENQ_BENCH_ARGS:-})
+# GENQ_PROFILE=1: py-spy samples the API, the worker and its consumer mid-run (gpu_profile.py)
+if [ "${GENQ_PROFILE:-0}" = 1 ]; then
+  export PATH=/root/site/bin:$PATH
+  python3 -m benchmarks.gpu_profile "/tmp/genq-$NAME" "$OUTD/profile-$NAME" \
+    --after-jobs "${GENQ_PROFILE_AFTER:-800}" --seconds "${GENQ_PROFILE_S:-12}" &
+fi
 timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
   --random-input-len 512 --random-output-len 256 \
   --max-concurrency "$CONCS" --num-prompts "$NUMS" \

@@ -155,12 +155,12 @@ def run_soak(
             pending = set(plan)
             while pending and time.monotonic() < deadline:
                 for job_id in list(pending):
-                    rec = c.get(f"/v1/jobs/{job_id}")
-                    if rec.status_code == 404:
+                    resp = c.get(f"/v1/jobs/{job_id}")
+                    if resp.status_code == 404:
                         records[job_id] = {}
                         pending.discard(job_id)
-                    elif rec.json()["status"] in TERMINAL:
-                        records[job_id] = rec.json()
+                    elif resp.json()["status"] in TERMINAL:
+                        records[job_id] = resp.json()
                         pending.discard(job_id)
                 if pending:
                     time.sleep(0.5)

@@ -59,7 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-num-seqs",
         type=int,
         default=None,
-        help="engine batch size; also the worker's job concurrency",
+        help="engine batch size; also the worker's job concurrency (default: vLLM's server "
+        "default for the device, as `vllm serve` picks it, e.g. 1024 on H100/H200)",
+    )
+    e.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens one engine step may schedule, decodes and prefill chunks together "
+        "(default: vLLM's server default for the device, as `vllm serve` picks it, "
+        "e.g. 8192 on H100/H200, 2048 on smaller GPUs). Larger admits a burst of new "
+        "prompts in fewer steps",
     )
     e.add_argument(
         "--enforce-eager",
@@ -191,6 +201,7 @@ def build_engine(args: argparse.Namespace) -> Any:
             gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=args.tensor_parallel_size,
             max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
             enforce_eager=bool(enforce_eager),
             load_format=args.load_format,
             skip_tokenizer_init=args.skip_tokenizer_init,

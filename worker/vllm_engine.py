@@ -39,6 +39,9 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     max_num_seqs: int | None = None
+    # Tokens one engine step may schedule (decodes + prefill chunks); None: vLLM's default
+    # for a server on this device (8192 on H100/H200, 2048 on smaller GPUs and on CPU).
+    max_num_batched_tokens: int | None = None
     enforce_eager: bool = False
     load_format: str = "auto"
     skip_tokenizer_init: bool = False
@@ -107,12 +110,14 @@ class VllmEngine:
             model=options.served_model_name or options.model, max_model_len=0, max_num_seqs=0
         )
         self._llm: Any = None
+        self.max_num_batched_tokens = 0
         self._tokenizer: Any = None
         # Adapter name -> LoRARequest (int ids start at 1; 0 means "no adapter" to vLLM).
         self._loras: dict[str, Any] = {}
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         o = self.options
@@ -134,6 +139,8 @@ class VllmEngine:
         )
         if o.max_num_seqs:
             kwargs["max_num_seqs"] = o.max_num_seqs
+        if o.max_num_batched_tokens:
+            kwargs["max_num_batched_tokens"] = o.max_num_batched_tokens
         kv_bytes = o.kv_cache_memory_bytes
         if kv_bytes is None and _on_cpu():
             # On CPU, gpu_memory_utilization is a fraction of the NUMA node's memory, checked
@@ -148,12 +155,19 @@ class VllmEngine:
         kwargs.update(o.extra or {})
         log.info("starting vLLM engine for %s (this loads the model; minutes on a GPU)", o.model)
         t0 = time.monotonic()
+        # A worker is a server: vLLM's server defaults, as `vllm serve` gets them (its
+        # batch-size and step-budget defaults depend on the usage context; the engine
+        # context's step budget is 2048 tokens on every GPU, `vllm serve`'s 8192 on
+        # H100/H200: a burst of 512-token prompts then waits 4x fewer steps for its prefill).
         self._llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), stat_loggers=[self.scheduler_stats.factory()]
+            AsyncEngineArgs(**kwargs),
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=[self.scheduler_stats.factory()],
         )
         cfg = self._llm.vllm_config
         self.info.max_model_len = cfg.model_config.max_model_len
         self.info.max_num_seqs = cfg.scheduler_config.max_num_seqs
+        self.max_num_batched_tokens = cfg.scheduler_config.max_num_batched_tokens
         if not o.skip_tokenizer_init:
             self._tokenizer = self._llm.get_tokenizer()
         if o.lora_modules:
@@ -165,11 +179,13 @@ class VllmEngine:
             }
             self.info.lora_adapters = sorted(self._loras)
         log.info(
-            "vLLM engine ready in %.1fs: model=%s max_model_len=%d max_num_seqs=%d",
+            "vLLM engine ready in %.1fs: model=%s max_model_len=%d max_num_seqs=%d "
+            "max_num_batched_tokens=%d",
             time.monotonic() - t0,
             self.info.model,
             self.info.max_model_len,
             self.info.max_num_seqs,
+            self.max_num_batched_tokens,
         )
 
     @property
