@@ -22,6 +22,7 @@ from .metrics import ApiMetrics, RequestMetrics
 from .models_directory import ModelDirectory
 from .relay import StreamRelay, relay_client
 from .routes import admin, batches, jobs, openai, playground, system
+from .sse import StreamBodySend
 from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("genq.api")
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         path_limits={"/v1/files": settings.max_file_bytes + 64 * 1024},  # + multipart framing
     )
-    # Outermost, so it also counts the 413s of BodySizeLimit.
+    # Outside BodySizeLimit, so it also counts its 413s.
     app.add_middleware(RequestMetrics, metrics=metrics)
+    # Outermost of ours: stream chunks skip the wrappers above (api/sse.py says why).
+    app.add_middleware(StreamBodySend)
     return app

@@ -147,3 +147,44 @@ def test_a_frozen_redis_ends_open_streams_and_the_relay_comes_back(redis_server:
     assert [type(e) for e in ended] == [RelayError] and ended[0].code == "redis_unavailable"
     assert waited < 2.0  # two ping periods and change, not forever
     assert [(type(e), getattr(e, "seq", None)) for e in again] == [(DeltaEvent, 0)]
+
+
+def test_stream_chunks_skip_the_middleware_send_wrappers() -> None:
+    """A stream's start and end go through every middleware (metrics see its status), its
+    body chunks straight to the send that StreamBodySend, the app's outermost middleware,
+    was given: four wrapper coroutines fewer per relay batch."""
+    from api.app import create_app
+    from api.sse import BODY_SEND_KEY, SSE_MEDIA, EventStreamResponse, StreamBodySend
+    from common.settings import Settings
+
+    assert create_app(Settings()).user_middleware[0].cls is StreamBodySend
+
+    direct: list[dict[str, Any]] = []
+    chain: list[dict[str, Any]] = []
+
+    async def body() -> AsyncIterator[str]:
+        yield "data: a\n\n"
+        yield "data: b\n\n"
+
+    async def direct_send(msg: Any) -> None:
+        direct.append(msg)
+
+    async def chain_send(msg: Any) -> None:
+        chain.append(msg)
+
+    async def receive() -> Any:
+        await asyncio.sleep(3600)
+
+    async def run(scope: dict[str, Any]) -> None:
+        await EventStreamResponse(body(), media_type=SSE_MEDIA)(scope, receive, chain_send)
+
+    asgi = {"spec_version": "2.3"}  # uvicorn's: Starlette also watches for a disconnect
+    asyncio.run(run({"type": "http", "asgi": asgi, BODY_SEND_KEY: direct_send}))
+    assert [m["body"] for m in direct] == [b"data: a\n\n", b"data: b\n\n"]
+    assert [m["type"] for m in chain] == ["http.response.start", "http.response.body"]
+    assert chain[0]["status"] == 200 and chain[1]["more_body"] is False
+    # Without the middleware (an app that lacks it), everything goes through the chain.
+    direct.clear()
+    chain.clear()
+    asyncio.run(run({"type": "http", "asgi": asgi}))
+    assert not direct and len(chain) == 4

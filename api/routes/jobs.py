@@ -8,7 +8,7 @@ from typing import Annotated
 
 import redis.exceptions as rex
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from common.errors import BackendUnavailable, Forbidden, JobFinished, NotFound, Overloaded
 from common.jobstore import JobStore, body_hash, new_job_id
@@ -22,7 +22,7 @@ from ..enqueue import Enqueuer
 from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
 from ..relay import StreamRelay
-from ..sse import NDJSON_MEDIA, SSE_MEDIA, encode
+from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, encode
 
 log = logging.getLogger("genq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -212,7 +212,7 @@ async def job_events(
     relay: RelayDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=-1, description="Resume after this seq")] = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     await find_job(store, job_id, caller)
     after_seq = -1
     if after is not None:
@@ -222,7 +222,7 @@ async def job_events(
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
     keepalive_s = None if ndjson else request.app.state.settings.sse_keepalive_s
     events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s)
-    return StreamingResponse(
+    return EventStreamResponse(
         encode(events, ndjson),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-genq-job-id": job_id},

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from common.jobstore import JobStore
 from common.models import JobRecord, JobRequest
@@ -53,7 +53,7 @@ from ..openai_protocol import (
     UsageInfo,
 )
 from ..relay import DeltaEvent, EndEvent, RelayError, StreamEvent, StreamRelay
-from ..sse import SSE_MEDIA
+from ..sse import SSE_MEDIA, EventStreamResponse
 from .jobs import DirectoryDep, submit_job
 
 log = logging.getLogger("genq.api.openai")
@@ -465,7 +465,7 @@ async def _respond(
         _cancel_soon(store, job_id, "relay unavailable")
         return _relay_failed(first, headers)
     if stream:
-        return StreamingResponse(
+        return EventStreamResponse(
             _stream(first, events, face, store, job_id),
             media_type=SSE_MEDIA,
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
