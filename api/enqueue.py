@@ -31,6 +31,8 @@ from common.models import JobRequest
 from common.settings import Settings
 from common.taskspec import TASK_NAME, broker_transport_options, queue_lists, shadow_name
 
+from .shared_read import SharedRead
+
 if TYPE_CHECKING:
     from .metrics import ApiMetrics
 
@@ -61,6 +63,7 @@ class Enqueuer:
         self.fast = settings.fast_enqueue
         self._depth: dict[str, tuple[float, int]] = {}  # model -> (read at, depth)
         self._sent: dict[str, int] = {}  # model -> jobs sent since that read
+        self._read_depth = SharedRead(self._depth_now)
         self.celery = Celery("genq-api", broker=settings.redis_url, set_as_current=False)
         self.celery.conf.update(
             broker_transport_options=broker_transport_options(7200),
@@ -110,17 +113,22 @@ class Enqueuer:
         10-list pipeline was ~18% of POST /v1/jobs when profiled); in between, this
         process's own sends since the read are added, so the figure never undercounts what
         this process queued (the admission limit holds) and only lags consumption."""
-        now = time.monotonic()
         hit = self._depth.get(model)
-        if hit is not None and now - hit[0] < DEPTH_TTL_S:
+        if hit is not None and time.monotonic() - hit[0] < DEPTH_TTL_S:
             return hit[1] + self._sent.get(model, 0)
+        # Requests that miss together share one read (SharedRead); each then adds what this
+        # process sent since it, so none undercounts.
+        await self._read_depth(model)
+        return self._depth[model][1] + self._sent.get(model, 0)
+
+    async def _depth_now(self, model: object) -> None:
+        assert isinstance(model, str)
         pipe = self.redis.pipeline(transaction=False)
         for name in queue_lists(model):
             pipe.llen(name)
+        self._sent[model] = 0  # sends from here on are not in the lengths being read
         n = int(sum(await pipe.execute()))
         self._depth[model] = (time.monotonic(), n)
-        self._sent[model] = 0
-        return n
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

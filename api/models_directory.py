@@ -11,6 +11,8 @@ from common.models import WorkerInfo
 from common.settings import Settings
 from common.workers import live_workers, models_served
 
+from .shared_read import SharedRead
+
 
 class ModelDirectory:
     """Live workers by model, cached for a second (the API asks on every request)."""
@@ -21,12 +23,19 @@ class ModelDirectory:
         self.cache_s = cache_s
         self._at = 0.0
         self._served: dict[str, list[WorkerInfo]] = {}
+        self._read = SharedRead(self._read_served)
 
     async def served(self, *, fresh: bool = False) -> dict[str, list[WorkerInfo]]:
+        """`fresh`: read now, or join a read already under way (one started a moment ago
+        sees what a new one would)."""
+        if fresh or time.monotonic() - self._at > self.cache_s:
+            return await self._read()
+        return self._served
+
+    async def _read_served(self, _key: object) -> dict[str, list[WorkerInfo]]:
         now = time.monotonic()
-        if fresh or now - self._at > self.cache_s:
-            self._served = models_served(await live_workers(self.redis, self.settings.worker_ttl_s))
-            self._at = now
+        self._served = models_served(await live_workers(self.redis, self.settings.worker_ttl_s))
+        self._at = now
         return self._served
 
     def configured(self) -> set[str]:
