@@ -82,7 +82,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
     from worker.celery_app import attach_host, make_celery
     from worker.celery_events import TimedEventsConsumer
     from worker.job_pipe import HostProxy
-    from worker.kombu_acks import use_batched_acks
+    from worker.kombu_qos import use_batched_qos
 
     settings = get_settings()
     setup_logging(spec.log_level)
@@ -94,7 +94,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
         log.error("engine died: %s stops consuming %s", spec.nodename, spec.queue)
         app.control.cancel_consumer(spec.queue, destination=[spec.nodename], reply=False)
 
-    use_batched_acks()
+    use_batched_qos()
     proxy = HostProxy(conn, stop_consuming)
     attach_host(proxy)
     worker_ready.connect(lambda **_: proxy.send(("ready",)), weak=False)
