@@ -115,6 +115,46 @@ def test_a_stream_that_fell_behind_catches_up_in_one_batch(redis_server: Any) ->
     assert [e.seq for e in live] == [5, 6, 7, 8]
 
 
+def test_a_listener_too_far_behind_gets_slow_consumer_and_the_others_do_not(
+    redis_server: Any,
+) -> None:
+    """A listener whose unread events reach the relay's queue_size is cut off with one
+    `slow_consumer` error (it reconnects with Last-Event-ID and loses nothing); a listener
+    that keeps up on the same job gets every delta."""
+
+    async def go() -> tuple[list[Any], list[int], int]:
+        async with _relay(redis_server.url, queue_size=4) as (store, relay):
+            jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            assert (await store.claim(jid, "w")).outcome == "claimed"
+            slow = relay.listen_batches(jid)
+            fast = relay.listen(jid)
+            first_slow = asyncio.create_task(anext(slow))  # subscribes, then waits
+            seen: list[int] = []
+
+            async def follow() -> None:
+                async for ev in fast:
+                    seen.append(ev.seq)  # type: ignore[union-attr]
+                    if len(seen) == 10:
+                        return
+
+            follower = asyncio.create_task(follow())
+            await asyncio.sleep(0.3)
+            for i in range(10):  # one at a time: the fast listener reads between them
+                await store.append_deltas("w", [PendingDelta(jid, str(i), 1, 1)])
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(follower, 5)
+            got = [await asyncio.wait_for(first_slow, 5)]
+            got.append(await asyncio.wait_for(anext(slow), 5))
+            await slow.aclose()
+            return got, seen, relay.dropped_slow
+
+    got, seen, dropped = asyncio.run(go())
+    assert seen == list(range(10))
+    assert [e.seq for e in got[0]] == [0]  # its first take: what had arrived when it woke
+    assert [type(e) for e in got[1]] == [RelayError] and got[1][0].code == "slow_consumer"
+    assert dropped == 1
+
+
 def test_a_frozen_redis_ends_open_streams_and_the_relay_comes_back(redis_server: Any) -> None:
     """Redis stopped with SIGSTOP keeps its sockets open and answers nothing, so no read
     fails by itself. The relay's watchdog pings after `ping_s` of silence and gives up on the
