@@ -53,7 +53,7 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         self._acked: list[str] = []
         self._armed_at = {"append": 0.0, "ack": 0.0}  # when each kind last scheduled a flush
 
-    def _arm(self, kind: str, pending: int, delay: float) -> bool:
+    def _arm(self, kind: str, pending: int) -> bool:
         """Called with the lock held: whether this call must schedule a flush. The first
         entry of a batch does (again if that flush is overdue: a timer lost with a
         restarted loop must not hold entries back for good)."""
@@ -72,7 +72,7 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self._lock:
             self._appended.append((delivery_tag, entry))
-            arm = self._arm("append", len(self._appended), APPEND_DELAY_S)
+            arm = self._arm("append", len(self._appended))
         virtual.QoS.append(self, message, delivery_tag)
         if arm:  # call_soon is the hub's thread-safe door; its timer is not
             hub.call_soon(hub.call_later, APPEND_DELAY_S, self.flush)
@@ -85,7 +85,7 @@ class BatchedQoS(kombu_redis.QoS):  # type: ignore[misc]
             return
         with self._lock:
             self._acked.append(delivery_tag)
-            arm = self._arm("ack", len(self._acked), ACK_DELAY_S)
+            arm = self._arm("ack", len(self._acked))
         virtual.QoS.ack(self, delivery_tag)  # the prefetch slot is free now
         if arm:
             hub.call_soon(hub.call_later, ACK_DELAY_S, self.flush)
