@@ -63,7 +63,7 @@ class Enqueuer:
         self.fast = settings.fast_enqueue
         self._depth: dict[str, tuple[float, int]] = {}  # model -> (read at, depth)
         self._sent: dict[str, int] = {}  # model -> jobs sent since that read
-        self._read_depth = SharedRead(self._depth_now)
+        self._read_depth: SharedRead[str, None] = SharedRead(self._depth_now)
         self.celery = Celery("genq-api", broker=settings.redis_url, set_as_current=False)
         self.celery.conf.update(
             broker_transport_options=broker_transport_options(7200),
@@ -121,8 +121,7 @@ class Enqueuer:
         await self._read_depth(model)
         return self._depth[model][1] + self._sent.get(model, 0)
 
-    async def _depth_now(self, model: object) -> None:
-        assert isinstance(model, str)
+    async def _depth_now(self, model: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for name in queue_lists(model):
             pipe.llen(name)

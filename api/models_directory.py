@@ -23,16 +23,16 @@ class ModelDirectory:
         self.cache_s = cache_s
         self._at = 0.0
         self._served: dict[str, list[WorkerInfo]] = {}
-        self._read = SharedRead(self._read_served)
+        self._read: SharedRead[None, dict[str, list[WorkerInfo]]] = SharedRead(self._read_served)
 
     async def served(self, *, fresh: bool = False) -> dict[str, list[WorkerInfo]]:
         """`fresh`: read now, or join a read already under way (one started a moment ago
         sees what a new one would)."""
         if fresh or time.monotonic() - self._at > self.cache_s:
-            return await self._read()
+            return await self._read(None)
         return self._served
 
-    async def _read_served(self, _key: object) -> dict[str, list[WorkerInfo]]:
+    async def _read_served(self, _key: None) -> dict[str, list[WorkerInfo]]:
         now = time.monotonic()
         self._served = models_served(await live_workers(self.redis, self.settings.worker_ttl_s))
         self._at = now

@@ -13,15 +13,18 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-class SharedRead(Generic[T]):
-    def __init__(self, read: Callable[[Hashable], Awaitable[T]]):
-        self._read = read
-        self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+class SharedRead(Generic[K, T]):
+    """`read(key)` once per key at a time; callers with the same key share the call."""
 
-    async def __call__(self, key: Hashable = None) -> T:
+    def __init__(self, read: Callable[[K], Awaitable[T]]):
+        self._read = read
+        self._inflight: dict[K, asyncio.Future[T]] = {}
+
+    async def __call__(self, key: K) -> T:
         fut = self._inflight.get(key)
         if fut is None:
             fut = asyncio.ensure_future(self._read(key))

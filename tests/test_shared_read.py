@@ -74,14 +74,14 @@ def test_a_burst_of_depth_misses_reads_the_queues_once_and_still_counts_own_send
 def test_a_waiter_that_gives_up_does_not_cancel_the_shared_read() -> None:
     calls = 0
 
-    async def slow(_key: object) -> int:
+    async def slow(_key: str) -> int:
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.05)
         return 7
 
     async def main() -> int:
-        read: SharedRead[int] = SharedRead(slow)
+        read: SharedRead[str, int] = SharedRead(slow)
         quitter = asyncio.create_task(read("k"))
         stayer = asyncio.create_task(read("k"))
         await asyncio.sleep(0.01)
