@@ -176,13 +176,19 @@ def test_the_engine_gets_vllm_server_defaults_and_the_step_budget_flag(monkeypat
         raise Built
 
     monkeypatch.setattr(AsyncLLM, "from_engine_args", staticmethod(fake_from_engine_args))
-    args = build_parser().parse_args(["--model", "/m", "--max-num-batched-tokens", "4096"])
+    args = build_parser().parse_args(
+        ["--model", "/m", "--max-num-batched-tokens", "4096", "--stream-interval", "4"]
+    )
     engine = build_engine(args)
     with pytest.raises(Built):
         asyncio.run(engine.start())
     assert seen["kw"]["usage_context"] == UsageContext.OPENAI_API_SERVER
     assert seen["args"].max_num_batched_tokens == 4096
+    assert seen["args"].stream_interval == 4
     args = build_parser().parse_args(["--model", "/m"])
     with pytest.raises(Built):
         asyncio.run(build_engine(args).start())
     assert seen["args"].max_num_batched_tokens is None  # vLLM picks, for a server
+    assert seen["args"].stream_interval == 1  # every token, as `vllm serve` streams
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--stream-interval", "0"])

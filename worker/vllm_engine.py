@@ -42,6 +42,11 @@ class EngineOptions:
     # Tokens one engine step may schedule (decodes + prefill chunks); None: vLLM's default
     # for a server on this device (8192 on H100/H200, 2048 on smaller GPUs and on CPU).
     max_num_batched_tokens: int | None = None
+    # Tokens per streamed output after a request's first (vLLM's --stream-interval): 1 sends
+    # every step's token; N merges N tokens into one delta, so everything per delta (the
+    # worker's job coroutines, Redis, the relay, SSE writes) runs N times less often. The
+    # first token and the last are never held back.
+    stream_interval: int = 1
     enforce_eager: bool = False
     load_format: str = "auto"
     skip_tokenizer_init: bool = False
@@ -141,6 +146,8 @@ class VllmEngine:
             kwargs["max_num_seqs"] = o.max_num_seqs
         if o.max_num_batched_tokens:
             kwargs["max_num_batched_tokens"] = o.max_num_batched_tokens
+        if o.stream_interval != 1:
+            kwargs["stream_interval"] = o.stream_interval
         kv_bytes = o.kv_cache_memory_bytes
         if kv_bytes is None and _on_cpu():
             # On CPU, gpu_memory_utilization is a fraction of the NUMA node's memory, checked
@@ -180,12 +187,13 @@ class VllmEngine:
             self.info.lora_adapters = sorted(self._loras)
         log.info(
             "vLLM engine ready in %.1fs: model=%s max_model_len=%d max_num_seqs=%d "
-            "max_num_batched_tokens=%d",
+            "max_num_batched_tokens=%d stream_interval=%d",
             time.monotonic() - t0,
             self.info.model,
             self.info.max_model_len,
             self.info.max_num_seqs,
             self.max_num_batched_tokens,
+            getattr(cfg.scheduler_config, "stream_interval", 1),
         )
 
     @property
