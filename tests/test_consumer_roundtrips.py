@@ -1,14 +1,17 @@
-"""The Celery consumer's Redis round trips per job: the unacked records of messages taken
-together, and the acks of jobs that end together, go out in shared pipelines
-(worker/kombu_qos.py), and none is lost."""
+"""The Celery consumer's Redis round trips per job: waiting messages are taken several per
+fetch (worker/kombu_fetch.py) but never beyond the prefetch limit; the unacked records of
+messages taken together, and the acks of jobs that end together, go out in shared pipelines
+(worker/kombu_qos.py); and none is lost."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from common.taskspec import UNACKED_INDEX_KEY, UNACKED_KEY
-from tests.stack import Stack, submit, wait_job
+from common.taskspec import UNACKED_INDEX_KEY, UNACKED_KEY, queue_lists
+from tests.stack import DEFAULT_MODEL, Stack, submit, wait_job
 
 
 def test_unacked_records_and_acks_share_round_trips(stack: Stack) -> None:
@@ -43,3 +46,45 @@ def test_unacked_records_and_acks_share_round_trips(stack: Stack) -> None:
         assert used < 0.75 * n, f"{used} MULTI/EXEC for {n} jobs"
     finally:
         r.close()
+
+
+def test_waiting_messages_are_taken_together_within_the_prefetch_limit(tmp_path: Path) -> None:
+    """40 jobs wait in the queue when a worker with room for 16 starts (engine batch 16, no
+    extra prefetch). kombu alone takes them with one BRPOP each; BLMPOP takes the 16 in one
+    fetch. The worker never holds more than its room: the rest wait in Redis for other
+    workers, and every job runs."""
+    n, room = 40, 16
+    s = Stack(tmp_path / "s", env={"GENQ_MODELS": json.dumps([DEFAULT_MODEL])})
+    try:
+        s.start_api()
+        r = s.redis_client()
+        lists = queue_lists(DEFAULT_MODEL)
+
+        def fetches() -> int:
+            stats = r.info("commandstats")
+            return sum(
+                int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("brpop", "blmpop")
+            )
+
+        with s.client() as c:
+            body = {"prompt": "x", "params": {"max_tokens": 10}}
+            ids = [submit(c, body)["id"] for _ in range(n)]
+            assert sum(r.llen(q) for q in lists) == n
+            before = fetches()
+            s.start_worker("--max-num-seqs", str(room), "--prefetch-extra", "0", wait=False)
+            held = []
+            deadline = time.monotonic() + 60
+            while r.hlen(UNACKED_KEY) < room and time.monotonic() < deadline:
+                held.append(r.hlen(UNACKED_KEY))
+                time.sleep(0.002)
+            taken_in = fetches() - before
+            while sum(r.llen(q) for q in lists):  # the rest follow as jobs end
+                held.append(r.hlen(UNACKED_KEY))
+                time.sleep(0.002)
+            records = [wait_job(c, job_id) for job_id in ids]
+        assert all(rec["status"] == "succeeded" for rec in records)
+        assert max(held) <= room, f"held {max(held)} messages with room for {room}"
+        assert taken_in <= 3, f"{taken_in} fetches took the first {room} messages"
+        r.close()
+    finally:
+        s.stop()

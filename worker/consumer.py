@@ -82,6 +82,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
     from worker.celery_app import attach_host, make_celery
     from worker.celery_events import TimedEventsConsumer
     from worker.job_pipe import HostProxy
+    from worker.kombu_fetch import use_batched_fetch
     from worker.kombu_qos import use_batched_qos
 
     settings = get_settings()
@@ -95,6 +96,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
         app.control.cancel_consumer(spec.queue, destination=[spec.nodename], reply=False)
 
     use_batched_qos()
+    use_batched_fetch()
     proxy = HostProxy(conn, stop_consuming)
     attach_host(proxy)
     worker_ready.connect(lambda **_: proxy.send(("ready",)), weak=False)

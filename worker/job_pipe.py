@@ -53,15 +53,20 @@ class JobPipeServer:
             pass
 
     def _on_readable(self) -> None:
+        # Everything the consumer has sent so far, not one message: the loop calls a reader
+        # once per iteration, and under load an iteration also handles an engine step's
+        # outputs, so a wave of 256 jobs read one per iteration waited ~256 iterations.
         try:
-            msg = self.conn.recv()
+            while True:
+                msg = self.conn.recv()
+                if msg[0] == "run":
+                    self.host.loop.create_task(self._run(msg[1], msg[2]), name=f"genq-job-{msg[2]}")
+                elif msg[0] == "ready":
+                    self.host.mark_consuming()
+                if not self.conn.poll(0):
+                    return
         except (EOFError, OSError):  # the consumer is gone: main() notices its exit
             self.host.loop.remove_reader(self.conn.fileno())
-            return
-        if msg[0] == "run":
-            self.host.loop.create_task(self._run(msg[1], msg[2]), name=f"genq-job-{msg[2]}")
-        elif msg[0] == "ready":
-            self.host.mark_consuming()
 
     async def _run(self, rid: int, job_id: str) -> None:
         try:
