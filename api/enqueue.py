@@ -86,27 +86,40 @@ class Enqueuer:
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
         )
 
-    async def send(self, job_id: str, model: str, request: JobRequest) -> None:
+    def message(self, job_id: str, model: str, request: JobRequest) -> tuple[str, str] | None:
+        """The job's Celery message as (queue list, payload), for the caller to LPUSH in the
+        same script that creates the job (JobStore.create); then `sent()`. None when Celery's
+        own send_task must send it (GENQ_FAST_ENQUEUE=false): then `send()`."""
+        if not self.fast:
+            return None
+        f = task_message_fields(job_id, model, request)
+        return task_message(
+            TASK_NAME,
+            f["args"],
+            f["kwargs"],
+            queue=keys.queue_for_model(model),
+            priority=request.priority,
+            task_id=f["task_id"],
+            shadow=f["shadow"],
+            argsrepr=f["argsrepr"],
+            kwargsrepr=f["kwargsrepr"],
+        )
+
+    def sent(self, model: str) -> None:
+        """Count a job that went on `model`'s queue (queue depth between reads, metrics)."""
         self._sent[model] = self._sent.get(model, 0) + 1
-        if self.fast:
-            f = task_message_fields(job_id, model, request)
-            key, payload = task_message(
-                TASK_NAME,
-                f["args"],
-                f["kwargs"],
-                queue=keys.queue_for_model(model),
-                priority=request.priority,
-                task_id=f["task_id"],
-                shadow=f["shadow"],
-                argsrepr=f["argsrepr"],
-                kwargsrepr=f["kwargsrepr"],
-            )
-            await self.redis.lpush(key, payload)
+        if self.metrics is not None:
+            self.metrics.job_submitted(model)
+
+    async def send(self, job_id: str, model: str, request: JobRequest) -> None:
+        """Put an already created job on `model`'s queue."""
+        msg = self.message(job_id, model, request)
+        if msg is not None:
+            await self.redis.lpush(*msg)
         else:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._pool, self._send, job_id, model, request)
-        if self.metrics is not None:
-            self.metrics.job_submitted(model)
+        self.sent(model)
 
     async def depth(self, model: str) -> int:
         """Jobs waiting for `model`. Read from Redis at most every DEPTH_TTL_S per model (the

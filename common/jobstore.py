@@ -94,9 +94,12 @@ class JobStore:
         body_digest: str = "",
         job_id: str | None = None,
         base_model: str | None = None,
+        message: tuple[str, str] | None = None,
     ) -> tuple[str, float, bool]:
         """Store a queued job. Returns (id, created_at, created). created is False when the
-        Idempotency-Key names an existing job with the same body; another body -> Conflict."""
+        Idempotency-Key names an existing job with the same body; another body -> Conflict.
+        `message` (queue list, payload) is LPUSHed in the same script when the job is
+        created: one round trip, and never a record without its message."""
         job_id = job_id or new_job_id()
         now = time.time()
         fields: dict[str, Any] = {
@@ -127,13 +130,15 @@ class JobStore:
             self.retention_s if idempotency_key else 0,
             repr(now),
             repr(now - 7 * 86400),
+            message[1] if message else "",
         ]
         for k, v in fields.items():
             argv += [k, v]
         idem = keys.idempotency(owner, idempotency_key or "-")
-        res = await self._create(
-            keys=[*job_keys(job_id), idem, keys.owner_jobs(owner), keys.ALL_JOBS], args=argv
-        )
+        script_keys = [*job_keys(job_id), idem, keys.owner_jobs(owner), keys.ALL_JOBS]
+        if message:
+            script_keys.append(message[0])
+        res = await self._create(keys=script_keys, args=argv)
         created, existing_id = int(res[0]), _s(res[1])
         if not created:
             if _s(res[2]) != body_digest:

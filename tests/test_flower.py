@@ -19,6 +19,7 @@ import pytest
 import redis as sync_redis
 
 from api.enqueue import Enqueuer
+from common import keys
 from common.jobstore import JobStore, redis_from_url
 from common.models import JobRequest
 from common.settings import Settings
@@ -215,3 +216,39 @@ def test_task_events_go_out_in_timed_batches(sim_stack: Stack) -> None:
     for job_id, kinds in seen.items():
         assert {"task-received", "task-started", "task-succeeded"} <= kinds, (job_id, kinds)
     assert messages <= n // 3, f"{messages} event messages for {n} jobs"
+
+
+def test_the_create_script_enqueues_the_message_once(redis_server: LocalRedis) -> None:
+    """POST /v1/jobs puts the job's Celery message on the queue in the script that creates
+    its record: one round trip, never a record without its message. A retry with the same
+    Idempotency-Key finds the job and enqueues nothing."""
+    model = "msg-test-model"
+    settings = Settings(redis_url=redis_server.url)
+    req = JobRequest(prompt="hi", params={"max_tokens": 3})
+
+    async def create_twice() -> tuple[str, str, bool, bool]:
+        r = redis_from_url(settings.redis_url)
+        enq = Enqueuer(settings, r)
+        try:
+            store = JobStore(r)
+            message = enq.message("job_" + "a" * 32, model, req)
+            assert message is not None
+            first = await store.create(
+                req, model=model, job_id="job_" + "a" * 32, idempotency_key="k", message=message
+            )
+            again = await store.create(
+                req, model=model, job_id="job_" + "b" * 32, idempotency_key="k", message=message
+            )
+            return first[0], again[0], first[2], again[2]
+        finally:
+            enq.close()
+            await r.aclose()
+
+    first_id, again_id, created, created_again = asyncio.run(create_twice())
+    assert created and not created_again and again_id == first_id
+    r = sync_redis.Redis.from_url(redis_server.url)
+    raw = [m for q in queue_lists(model) for m in r.lrange(q, 0, -1)]
+    status = r.hget(keys.job(first_id), "status")
+    r.close()
+    assert status == b"queued"
+    assert len(raw) == 1 and json.loads(raw[0])["headers"]["id"] == first_id

@@ -68,6 +68,9 @@ async def submit_job(
     job_id = new_job_id()
     if job.webhook is not None:
         await webhooks.watch(store.redis, job_id)
+    # The message goes on the queue in the script that creates the record (one round trip);
+    # with GENQ_FAST_ENQUEUE=false Celery's send_task sends it afterwards.
+    message = enqueuer.message(job_id, queue_model, job)
     job_id, created_at, created = await store.create(
         job,
         job_id=job_id,
@@ -76,9 +79,12 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_digest=body_hash(raw_body),
         base_model=base_model,
+        message=message,
     )
     bind_job(job_id)  # this request's later log lines carry the job id
-    if created:
+    if created and message is not None:
+        enqueuer.sent(queue_model)
+    elif created:
         try:
             await enqueuer.send(job_id, queue_model, job)
         except Exception as exc:
@@ -88,6 +94,7 @@ async def submit_job(
             except (rex.RedisError, OSError):
                 pass
             raise BackendUnavailable("could not enqueue the job: broker unavailable") from exc
+    if created:
         log.info("job %s queued for %s %s", job_id, model, job.summary())
     return job_id, created_at, created
 

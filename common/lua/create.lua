@@ -1,9 +1,12 @@
 -- Create a queued job, or return the job an Idempotency-Key already names.
 -- KEYS[7] idempotency key (ignored when ARGV[3] == '0'); KEYS[8] owner's job index (zset);
--- KEYS[9] (optional) the all-owners job index (zset), for admin listing
+-- KEYS[9] the all-owners job index (zset), for admin listing; KEYS[10] (optional) the
+-- model's Celery queue list that ARGV[6] goes on
 -- ARGV[1] job id; ARGV[2] body hash; ARGV[3] idempotency ttl (s, '0' = no key);
--- ARGV[4] created_at; ARGV[5] index horizon (entries older are trimmed); ARGV[6..] field pairs
--- Returns {1, id} when created, {0, existing id, existing body hash} otherwise.
+-- ARGV[4] created_at; ARGV[5] index horizon (entries older are trimmed);
+-- ARGV[6] the job's Celery message ('' = the caller sends it); ARGV[7..] field pairs
+-- Returns {1, id} when created, {0, existing id, existing body hash} otherwise. Only the
+-- call that creates the job enqueues it, in the same step: no record without its message.
 if ARGV[3] ~= '0' then
   local existing = redis.call('GET', KEYS[7])
   if existing then
@@ -13,13 +16,14 @@ if ARGV[3] ~= '0' then
   redis.call('SET', KEYS[7], ARGV[2] .. ':' .. ARGV[1], 'EX', tonumber(ARGV[3]))
 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[8], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
-if KEYS[9] then
-  redis.call('ZADD', KEYS[9], ARGV[4], ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[5])
+redis.call('ZADD', KEYS[9], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', '(' .. ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('LPUSH', KEYS[10], ARGV[6])
 end
 return {1, ARGV[1]}
