@@ -111,10 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--endpoint",
-        choices=["jobs", "openai-chat"],
+        choices=["jobs", "jobs-stream", "openai-chat"],
         default="jobs",
-        help="'jobs': POST /v1/jobs + its SSE events (with the stage breakdown); "
-        "'openai-chat': streaming /v1/chat/completions",
+        help="'jobs': POST /v1/jobs, then GET its SSE events (with the stage breakdown); "
+        "'jobs-stream': POST /v1/jobs answered with the event stream itself (one request; "
+        "stage breakdown too); 'openai-chat': streaming /v1/chat/completions",
     )
     t.add_argument("--model", default=None, help="model name (default: --served-model-name)")
     t.add_argument(
@@ -320,8 +321,17 @@ async def _genq_side(
     timeout = aiohttp.ClientTimeout(total=6 * 3600, sock_read=600)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     async with aiohttp.ClientSession(connector=conn, timeout=timeout, headers=headers) as session:
-        make = jobs_client if args.endpoint == "jobs" else openai_chat_client
-        fn = make(session, base_url, model, args.ignore_eos, args.temperature)
+        if args.endpoint == "openai-chat":
+            fn = openai_chat_client(session, base_url, model, args.ignore_eos, args.temperature)
+        else:
+            fn = jobs_client(
+                session,
+                base_url,
+                model,
+                args.ignore_eos,
+                args.temperature,
+                one_request=args.endpoint == "jobs-stream",
+            )
 
         async def inspect(results: list[RequestResult]) -> dict[str, Any]:
             return await job_breakdown(session, base_url, results)
@@ -336,7 +346,7 @@ async def _genq_side(
             plan,
             warm,
             fields={"workers": workers, **({"pinned": pinned} if pinned else {})},
-            inspect=inspect if args.endpoint == "jobs" else None,
+            inspect=inspect if args.endpoint != "openai-chat" else None,
             cpu=CpuSampler(processes),
         )
 

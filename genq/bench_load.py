@@ -116,10 +116,18 @@ async def sse_events(content: Any) -> AsyncIterator[tuple[str, bytes]]:
 
 
 def jobs_client(
-    session: Any, base_url: str, model: str, ignore_eos: bool, temperature: float
+    session: Any,
+    base_url: str,
+    model: str,
+    ignore_eos: bool,
+    temperature: float,
+    *,
+    one_request: bool = False,
 ) -> RequestFn:
-    """POST /v1/jobs, then GET its SSE events; time from before the POST."""
+    """POST /v1/jobs, then GET its SSE events; time from before the POST. `one_request`:
+    the POST itself asks for the event stream (Accept: text/event-stream)."""
     base = base_url.rstrip("/")
+    sse = {"Accept": "text/event-stream"}
 
     async def run(req: BenchRequest) -> RequestResult:
         body: dict[str, Any] = {"model": model, "params": _params(req, ignore_eos, temperature)}
@@ -132,17 +140,20 @@ def jobs_client(
         res.start_time, res.wall_post = st, time.time()
         last = st
         try:
-            async with session.post(f"{base}/v1/jobs", json=body) as r:
-                if r.status not in (200, 202):
-                    res.error = f"POST /v1/jobs: HTTP {r.status} {(await r.text())[:200]}"
-                    return res
-                res.job_id = job_id = (await r.json())["id"]
-            async with session.get(
-                f"{base}/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}
-            ) as r:
+            if one_request:
+                stream = session.post(f"{base}/v1/jobs", json=body, headers=sse)
+            else:
+                async with session.post(f"{base}/v1/jobs", json=body) as r:
+                    if r.status not in (200, 202):
+                        res.error = f"POST /v1/jobs: HTTP {r.status} {(await r.text())[:200]}"
+                        return res
+                    res.job_id = (await r.json())["id"]
+                stream = session.get(f"{base}/v1/jobs/{res.job_id}/events", headers=sse)
+            async with stream as r:
                 if r.status != 200:
-                    res.error = f"GET events: HTTP {r.status}"
+                    res.error = f"events: HTTP {r.status} {(await r.text())[:200]}"
                     return res
+                res.job_id = r.headers.get("x-genq-job-id", res.job_id)
                 async for event, data in sse_events(r.content):
                     if event == "delta":
                         ts = time.perf_counter()

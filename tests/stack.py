@@ -250,25 +250,40 @@ def read_sse(
     client: httpx.Client, job_id: str, headers: dict[str, str] | None = None, timeout: float = 120
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """(event, id, data) for every SSE event of a job until the terminal one."""
+    with client.stream(
+        "GET", f"/v1/jobs/{job_id}/events", headers=headers or {}, timeout=timeout
+    ) as r:
+        assert r.status_code == 200, r.read()
+        return sse_until_terminal(r)
+
+
+def submit_and_stream(
+    client: httpx.Client, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[str, list[tuple[str, str, dict[str, Any]]]]:
+    """POST /v1/jobs asking for its event stream (200): (job id, events)."""
+    with client.stream(
+        "POST", "/v1/jobs", json=body, headers={"Accept": "text/event-stream", **(headers or {})}
+    ) as r:
+        assert r.status_code == 200, r.read()
+        return r.headers["x-genq-job-id"], sse_until_terminal(r)
+
+
+def sse_until_terminal(r: httpx.Response) -> list[tuple[str, str, dict[str, Any]]]:
     import json
 
     from genq.chat import iter_sse
 
     out: list[tuple[str, str, dict[str, Any]]] = []
-    with client.stream(
-        "GET", f"/v1/jobs/{job_id}/events", headers=headers or {}, timeout=timeout
-    ) as r:
-        assert r.status_code == 200, r.read()
-        ev_id = ""
-        lines = []
-        for line in r.iter_lines():
-            if line.startswith("id:"):
-                ev_id = line[3:].strip()
-            lines.append(line)
-            if line == "":
-                for event, data in iter_sse(iter(lines)):
-                    out.append((event, ev_id, json.loads(data)))
-                    if event in ("done", "error"):
-                        return out
-                lines, ev_id = [], ""
+    ev_id = ""
+    lines = []
+    for line in r.iter_lines():
+        if line.startswith("id:"):
+            ev_id = line[3:].strip()
+        lines.append(line)
+        if line == "":
+            for event, data in iter_sse(iter(lines)):
+                out.append((event, ev_id, json.loads(data)))
+                if event in ("done", "error"):
+                    return out
+            lines, ev_id = [], ""
     return out

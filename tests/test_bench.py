@@ -5,6 +5,7 @@ admission limit with the cached queue depth."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
@@ -79,13 +80,16 @@ def _run_client(
     return asyncio.run(go())
 
 
-def test_jobs_client_measures_a_live_stack(sim_stack: Stack) -> None:
+@pytest.mark.parametrize("one_request", [False, True], ids=["post-then-get", "post-streams"])
+def test_jobs_client_measures_a_live_stack(sim_stack: Stack, one_request: bool) -> None:
     reqs = make_requests(
         8, input_len=16, output_len=12, range_ratio=0.0, chat=False, vocab=(1, 50), seed=0
     )
 
-    results, duration = _run_client(jobs_client, sim_stack, reqs, max_concurrency=4)
+    make = functools.partial(jobs_client, one_request=one_request)
+    results, duration = _run_client(make, sim_stack, reqs, max_concurrency=4)
     assert all(r.success for r in results), [r.error for r in results]
+    assert len({r.job_id for r in results}) == 8 and all(r.job_id for r in results)
     assert all(r.output_tokens == 12 for r in results)
     assert all(0 < r.ttft < r.latency and len(r.itl) >= 1 for r in results)
     m = metrics(results, duration)

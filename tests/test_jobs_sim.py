@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.stack import Stack, read_sse, submit, wait_job
+from tests.stack import Stack, read_sse, submit, submit_and_stream, wait_job
 
 
 def test_submit_poll_stream(sim_stack: Stack) -> None:
@@ -18,6 +18,27 @@ def test_submit_poll_stream(sim_stack: Stack) -> None:
         rec = wait_job(c, job["id"])
         assert rec["text"] == "".join(d[2]["text"] for d in deltas)
         assert rec["finish_reason"] == "length"
+
+
+def test_submit_and_stream_in_one_request(sim_stack: Stack) -> None:
+    """POST /v1/jobs with Accept: text/event-stream streams the job it creates (one request
+    in place of POST + GET /events), every delta from seq 0, then `done`; the header names
+    the job, so a retry with the same Idempotency-Key streams the same job again from its
+    log, and a dropped stream resumes with GET /events."""
+    body = {"prompt": "hello", "params": {"max_tokens": 6}}
+    key = {"Idempotency-Key": "stream-once"}
+    with sim_stack.client() as c:
+        job_id, events = submit_and_stream(c, body, key)
+        deltas = [e for e in events if e[0] == "delta"]
+        assert [int(e[1]) for e in deltas] == list(range(len(deltas))) and deltas
+        assert events[-1][0] == "done" and events[-1][2]["id"] == job_id
+        rec = wait_job(c, job_id)
+        assert rec["status"] == "succeeded"
+        assert rec["text"] == "".join(d[2]["text"] for d in deltas)
+        again_id, again = submit_and_stream(c, body, key)
+        assert again_id == job_id and again == events
+        plain = c.post("/v1/jobs", json=body)  # no Accept: the 202 as before
+        assert plain.status_code == 202 and plain.json()["status"] == "queued"
 
 
 def _created_jobs(stack: Stack) -> int:

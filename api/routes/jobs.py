@@ -108,7 +108,18 @@ def job_urls(request: Request, job_id: str, public_url: str) -> JobUrls:
     )
 
 
-@router.post("", status_code=202, response_model=JobAccepted)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={
+        200: {
+            "description": "With `Accept: text/event-stream` (or application/x-ndjson): the "
+            "job's events from its first delta, as GET /v1/jobs/{id}/events streams them",
+            "content": {SSE_MEDIA: {}, NDJSON_MEDIA: {}},
+        }
+    },
+)
 async def create_job(
     job: JobRequest,
     request: Request,
@@ -117,8 +128,14 @@ async def create_job(
     enqueuer: EnqueuerDep,
     directory: DirectoryDep,
     settings: SettingsDep,
+    relay: RelayDep,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
-) -> JSONResponse:
+) -> JSONResponse | EventStreamResponse:
+    """Submit a job: 202 with its id and URLs. A client that asks for an event stream
+    (`Accept: text/event-stream` or `application/x-ndjson`) gets the job's events in this
+    same response instead, from its first delta (one request in place of POST + GET
+    /events); the `x-genq-job-id` header names the job, so a dropped stream resumes with
+    GET /v1/jobs/{id}/events and Last-Event-ID."""
     job_id, created_at, created = await submit_job(
         job,
         caller=caller,
@@ -129,6 +146,9 @@ async def create_job(
         raw_body=await request.body(),
         idempotency_key=idempotency_key,
     )
+    accept = request.headers.get("accept", "")
+    if SSE_MEDIA in accept or NDJSON_MEDIA in accept:
+        return event_stream(request, relay, job_id, after_seq=-1)
     status = JobStatus.QUEUED
     if not created:
         status = await store.status(job_id) or JobStatus.QUEUED
@@ -226,6 +246,13 @@ async def job_events(
         after_seq = after
     elif last_event_id and last_event_id.strip().lstrip("-").isdigit():
         after_seq = int(last_event_id.strip())
+    return event_stream(request, relay, job_id, after_seq=after_seq)
+
+
+def event_stream(
+    request: Request, relay: StreamRelay, job_id: str, after_seq: int
+) -> EventStreamResponse:
+    """The job's events after `after_seq`, as SSE or (Accept: application/x-ndjson) NDJSON."""
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
     keepalive_s = None if ndjson else request.app.state.settings.sse_keepalive_s
     events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s)
