@@ -68,7 +68,12 @@ class LocalRedis:
         ]
         if self.password:
             cmd += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground group)
+        # must not stop Redis under the worker and the API while they drain; whoever
+        # started it stops it last (`genq up`: after the others have exited).
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -107,3 +107,20 @@ def test_local_redis_with_a_relative_data_dir(tmp_path, monkeypatch) -> None:  #
         assert r.ping() and (tmp_path / ".genq/redis/redis.log").exists()
     finally:
         r.stop()
+
+
+def test_local_redis_is_out_of_reach_of_a_terminal_ctrl_c(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A terminal's Ctrl-C sends SIGINT to its whole foreground process group. The Redis that
+    `genq up` starts runs in a session of its own, so it outlives the Ctrl-C until the worker
+    and the API have drained (they need it to finish their jobs) and `genq up` stops it."""
+    import os
+
+    from genq.redis_server import LocalRedis
+
+    r = LocalRedis(tmp_path / "redis").start()
+    try:
+        assert r.proc is not None
+        assert os.getsid(r.proc.pid) == r.proc.pid != os.getsid(0)
+        assert os.getpgid(r.proc.pid) != os.getpgid(0)
+    finally:
+        r.stop()
