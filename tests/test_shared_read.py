@@ -1,4 +1,5 @@
-"""Requests that miss the API's short caches together share one Redis read (SharedRead)."""
+"""Bursts of requests and Redis: requests that miss the API's short caches together share one
+Redis read (SharedRead), and a pool that grows in a burst opens its connections cheaply."""
 
 from __future__ import annotations
 
@@ -92,3 +93,33 @@ def test_a_waiter_that_gives_up_does_not_cancel_the_shared_read() -> None:
 
     assert asyncio.run(main()) == 7
     assert calls == 1
+
+
+def test_new_redis_connections_do_not_read_package_metadata(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """redis-py reads its own version from the package metadata for every new connection
+    unless told it; genq's clients tell it once, so a burst that grows a pool (1,500 SSE
+    streams opening at once) does not parse METADATA per connection."""
+    from importlib import metadata
+
+    from common.jobstore import redis_from_url
+
+    calls: list[str] = []
+    real = metadata.version
+
+    def counting(name: str) -> str:
+        calls.append(name)
+        return real(name)
+
+    async def open_many() -> None:
+        r = redis_from_url(redis_server.url, max_connections=64)
+        try:
+            await asyncio.gather(*(r.blpop(["genq:test:nothing"], timeout=0.05) for _ in range(20)))
+        finally:
+            await r.aclose()
+
+    metadata.version = counting  # type: ignore[assignment]
+    try:
+        asyncio.run(open_many())
+    finally:
+        metadata.version = real  # type: ignore[assignment]
+    assert calls.count("redis") == 0, calls
