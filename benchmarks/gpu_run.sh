@@ -9,6 +9,7 @@
 #   (benchmarks/gpu_scaling.sh; needs 2 GPUs)
 # GENQ_BENCH_ARGS: more `genq bench` arguments, e.g. "--api-workers 2"
 # GENQ_PROFILE=1: also take py-spy profiles of genq's processes mid-run (gpu_profile.py)
+# GENQ_PAIRS=N: with SIDE both, N pairs in a row and their spread (benchmarks/pairs.py)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -37,15 +38,29 @@ if [ "${GENQ_PROFILE:-0}" = 1 ]; then
   python3 -m benchmarks.gpu_profile "/tmp/genq-$NAME" "$OUTD/profile-$NAME" \
     --after-jobs "${GENQ_PROFILE_AFTER:-800}" --seconds "${GENQ_PROFILE_S:-12}" &
 fi
-timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
-  --random-input-len 512 --random-output-len 256 \
-  --max-concurrency "$CONCS" --num-prompts "$NUMS" \
-  --state-dir "/tmp/genq-$NAME" --out "$OUTD/bench-$NAME-$SIDE.json" --label "$NAME on $GPU" \
-  -- --model "$ROOT/$MODEL_DIR" --served-model-name "$NAME" --load-format dummy \
-  --skip-tokenizer-init --max-model-len 2048 --max-num-seqs 256 "$@" \
-  > >(tee "$OUTD/bench-$NAME-$SIDE.log") 2>&1
-rc=$?
-echo "end $(date -u +%H:%M:%S) rc=$rc"
+# GENQ_PAIRS=N (SIDE both): N genq/direct pairs in a row, bench-NAME-both-K.json, then their
+# spread (benchmarks/pairs.py): on these hosts one pair's ratio moves by +-5-10%
+PAIRS=${GENQ_PAIRS:-1}
+rc=0
+OUTS=()
+for k in $(seq 1 "$PAIRS"); do
+  OUTF="$OUTD/bench-$NAME-$SIDE.json"
+  [ "$PAIRS" -gt 1 ] && OUTF="$OUTD/bench-$NAME-$SIDE-$k.json"
+  timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
+    --random-input-len 512 --random-output-len 256 \
+    --max-concurrency "$CONCS" --num-prompts "$NUMS" \
+    --state-dir "/tmp/genq-$NAME" --out "$OUTF" --label "$NAME on $GPU" \
+    -- --model "$ROOT/$MODEL_DIR" --served-model-name "$NAME" --load-format dummy \
+    --skip-tokenizer-init --max-model-len 2048 --max-num-seqs 256 "$@" \
+    > >(tee -a "$OUTD/bench-$NAME-$SIDE.log") 2>&1
+  rc=$?
+  echo "end $(date -u +%H:%M:%S) rc=$rc"
+  [ "$rc" = 0 ] || break
+  OUTS+=("$OUTF")
+done
+if [ "$PAIRS" -gt 1 ] && [ "$SIDE" = both ] && [ "${#OUTS[@]}" -gt 0 ]; then
+  python3 -m benchmarks.pairs "${OUTS[@]}"
+fi
 # every worker's engine start (worker.log, worker-2.log, ...)
 grep -H "ready in\|engine ready\|init engine\|torch.compile takes\|Graph capturing finished\|Memory profiling" \
   /tmp/genq-$NAME/logs/worker*.log 2>/dev/null | sed 's|^/tmp/genq-[^/]*/logs/||' | cut -c1-220 | tail -16

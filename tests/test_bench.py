@@ -279,3 +279,28 @@ def test_pin_engine_core_gives_the_engine_a_core_of_its_own() -> None:
         _set_affinity(os.getpid(), before)
         child.kill()
         child.wait()
+
+
+def test_pairs_summarise_repeated_genq_direct_runs(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """benchmarks/pairs.py: one ratio per pair and concurrency, then their spread."""
+    from benchmarks.pairs import main as pairs_main
+
+    def result(genq: float, direct: float) -> dict[str, Any]:
+        return {
+            "runs": [
+                {"target": "genq", "max_concurrency": 256, "output_throughput": genq},
+                {"target": "direct", "max_concurrency": 256, "output_throughput": direct},
+            ]
+        }
+
+    files = []
+    for i, (g, d) in enumerate([(90.0, 100.0), (80.0, 100.0), (95.0, 100.0)]):
+        f = tmp_path / f"pair{i}.json"
+        f.write_text(json.dumps(result(g, d)))
+        files.append(str(f))
+    pairs_main(files)
+    out = capsys.readouterr().out
+    assert "| pair1.json | 256 | 80 | 100 | 0.800 |" in out
+    s = json.loads(out.strip().splitlines()[-1])["pairs"]["256"]
+    assert s["pairs"] == 3 and s["min"] == 0.8 and s["max"] == 0.95
+    assert abs(s["mean"] - 0.8833) < 1e-3 and s["median"] == 0.9
