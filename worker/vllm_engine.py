@@ -115,7 +115,6 @@ class VllmEngine:
             model=options.served_model_name or options.model, max_model_len=0, max_num_seqs=0
         )
         self._llm: Any = None
-        self.max_num_batched_tokens = 0
         self._tokenizer: Any = None
         # Adapter name -> LoRARequest (int ids start at 1; 0 means "no adapter" to vLLM).
         self._loras: dict[str, Any] = {}
@@ -174,7 +173,6 @@ class VllmEngine:
         cfg = self._llm.vllm_config
         self.info.max_model_len = cfg.model_config.max_model_len
         self.info.max_num_seqs = cfg.scheduler_config.max_num_seqs
-        self.max_num_batched_tokens = cfg.scheduler_config.max_num_batched_tokens
         if not o.skip_tokenizer_init:
             self._tokenizer = self._llm.get_tokenizer()
         if o.lora_modules:
@@ -192,7 +190,7 @@ class VllmEngine:
             self.info.model,
             self.info.max_model_len,
             self.info.max_num_seqs,
-            self.max_num_batched_tokens,
+            cfg.scheduler_config.max_num_batched_tokens,
             getattr(cfg.scheduler_config, "stream_interval", 1),
         )
 
