@@ -342,6 +342,30 @@ def test_sigterm_drains_in_flight_and_leaves_the_rest_queued(stack: Stack) -> No
     assert stack.running_jobs() == []
 
 
+def test_a_sigterm_that_lands_on_another_thread_still_drains(stack: Stack) -> None:
+    """The kernel may deliver a signal sent to a process to any of its threads. Python runs
+    the handler only in the main thread, when it next runs bytecode: a worker whose main
+    thread sat in a blocking waitpid never started its drain (seen under `genq up`: Ctrl-C
+    ignored until SIGKILL). Here SIGTERM goes to a thread other than the main one
+    (tgkill), and the worker still drains and exits."""
+    import ctypes
+    import os
+    import signal
+
+    w = stack.start_worker("--sim-step-ms", "20")
+    pid = w.popen.pid
+    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert others, "the worker runs more than one thread"
+    sys_tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(sys_tgkill, pid, others[0], signal.SIGTERM) == 0
+    try:
+        rc = w.popen.wait(15)
+    except Exception:
+        raise AssertionError(f"the worker ignored SIGTERM:\n{w.tail()}") from None
+    assert rc == 0 and "shutting down: draining" in w.log_text(), w.tail()
+
+
 def test_drain_timeout_hands_back_jobs(stack: Stack) -> None:
     w1 = stack.start_worker("--sim-step-ms", "50", "--drain-timeout", "1")
     with stack.client() as c:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from common.gc_tuning import tune_gc
@@ -323,9 +324,13 @@ def main(argv: list[str] | None = None) -> None:
     server.start()
     draining = _install_drain(host, consumer, args.drain_timeout)
     try:
-        # A blocking waitpid: a signal interrupts it, its handler (the drain) runs and the
-        # wait resumes (PEP 475), so nothing needs to poll.
-        consumer.wait()
+        # Poll, not one blocking waitpid: the kernel may hand a signal sent to this process
+        # to any of its threads (the engine loop's, vLLM's), and Python runs the handler
+        # (the drain) only when the main thread runs bytecode, which a main thread blocked
+        # in waitpid never does. Seen once under `genq up`: Ctrl-C, then its SIGTERM,
+        # ignored until the SIGKILL 20 s later.
+        while consumer.poll() is None:
+            time.sleep(0.2)
         if not draining.is_set():
             log.error(
                 "worker %s: its Celery consumer exited (code %s); stopping",
