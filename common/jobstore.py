@@ -62,6 +62,9 @@ class PendingDelta:
     tokens: int
     prompt_tokens: int | None
     logprobs: str = ""  # JSON array of per-token logprobs (common.models.Delta), or ""
+    # The seq this delta should get (the writer's count of the job's deltas so far): makes
+    # a retry of a call whose reply was lost idempotent (append.lua). None: append anyway.
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +293,7 @@ class JobStore:
                     d.tokens,
                     "" if d.prompt_tokens is None else d.prompt_tokens,
                     d.logprobs,
+                    "" if d.seq is None else d.seq,
                 ]
                 for d in batch
             ],

@@ -212,12 +212,14 @@ class EngineHost:
         assert task is not None
         self._tasks[job_id] = task
         self.peak_in_flight = max(self.peak_in_flight, len(self._tasks))
+        self.publisher.begin(job_id)
         try:
             outcome = await self._generate(record)
             if outcome in ("succeeded", "cancelled"):  # failures are counted with their code
                 metrics.job_finished(record.model, outcome)
             return outcome
         finally:
+            self.publisher.forget(job_id)
             self._tasks.pop(job_id, None)
             self._cancelled.discard(job_id)
             self.jobs_done += 1

@@ -6,6 +6,10 @@ takes whatever accumulated meanwhile. While a write is in flight, new deltas of 
 job merge into one, so the number of Redis round trips per second is bounded by the
 round-trip time, not by tokens/s x jobs. A job waits for `flushed(job_id)` before it
 finishes, so its terminal event always follows its last delta.
+
+Each delta carries the seq it should get (the count of the job's deltas written so far), so
+a batch retried after Redis ran it but lost the reply (a restart, a dropped connection) is
+skipped by append.lua instead of landing twice.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class DeltaPublisher:
         self.on_refused = on_refused
         self.outage_s = outage_s
         self._pending: dict[str, _Pending] = {}
+        self._next_seq: dict[str, int] = {}  # per running job (begin..forget): deltas written
         self._next: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -65,6 +70,13 @@ class DeltaPublisher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+    def begin(self, job_id: str) -> None:
+        """A job was claimed: its log is empty (a job that streamed is never requeued)."""
+        self._next_seq[job_id] = 0
+
+    def forget(self, job_id: str) -> None:
+        self._next_seq.pop(job_id, None)
 
     def add(
         self,
@@ -107,6 +119,7 @@ class DeltaPublisher:
                     p.tokens,
                     p.prompt_tokens,
                     json.dumps(p.logprobs) if p.logprobs else "",
+                    self._next_seq.get(jid),
                 )
                 for jid, p in batch.items()
             ]
@@ -118,6 +131,8 @@ class DeltaPublisher:
                 raise
             except Exception as exc:  # Redis down for good: jobs learn it when they finish
                 log.error("publishing %d deltas failed: %s", len(items), exc)
+                for item in items:  # whether they landed is unknown: stop expecting seqs
+                    self._next_seq.pop(item.job_id, None)
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: not every batch has a waiter
                 continue
@@ -129,14 +144,16 @@ class DeltaPublisher:
             for item, seq in zip(items, seqs, strict=True):
                 if seq < 0:
                     self.on_refused(item.job_id)
+                elif item.job_id in self._next_seq:
+                    self._next_seq[item.job_id] = seq + 1
             fut.set_result(None)
 
     async def _write(self, items: list[PendingDelta]) -> list[int]:
         """Write one batch, riding out a Redis outage (restart, failover) of up to
         `outage_s` instead of failing the job: the batch is retried whole, and deltas added
-        meanwhile wait in `_pending` and go out next, in order. (If the connection drops
-        after Redis ran the batch but before the reply, the retry appends it twice; that
-        needs a drop mid-reply, and the replay log's seqs stay gap-free.)"""
+        meanwhile wait in `_pending` and go out next, in order. If Redis ran the batch but
+        the reply was lost, the retry's deltas carry the seqs they already got, and
+        append.lua skips them."""
         delay = 0.05
         deadline = time.monotonic() + self.outage_s
         while True:

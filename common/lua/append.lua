@@ -9,13 +9,19 @@
 -- ARGV[1] worker id; ARGV[2] now; ARGV[3] job key prefix; ARGV[4] log key suffix;
 -- ARGV[5] text key suffix; ARGV[6] events channel prefix;
 -- ARGV[7] JSON array of deltas [job id, text, new tokens, prompt tokens ('' = unknown),
---   the delta's per-token logprobs as a JSON array string ('' = none)]; the logprobs string
---   is spliced in as is: cjson would turn an empty array into {}.
+--   the delta's per-token logprobs as a JSON array string ('' = none), the seq the writer
+--   expects this delta to get ('' = append wherever)]; the logprobs string is spliced in as
+--   is: cjson would turn an empty array into {}.
+-- The expected seq makes a retried call idempotent: when Redis ran the call but the reply was
+-- lost (a restart, a dropped connection), the writer sends the same deltas again, and a log
+-- already longer than the expected seq means this delta landed: it is skipped and its seq
+-- returned, not appended twice. A log shorter than expected (Redis lost its tail) is appended
+-- to at its end, so seqs stay gap-free.
 -- Returns the seq of each job's delta, or -1.
 local worker, now = ARGV[1], ARGV[2]
 local out = {}
 for i, d in ipairs(cjson.decode(ARGV[7])) do
-  local id, text, lp = d[1], d[2], d[5]
+  local id, text, lp, want = d[1], d[2], d[5], d[6]
   local rec = ARGV[3] .. id
   local log = rec .. ARGV[4]
   local cur = redis.call('HMGET', rec, 'status', 'worker')
@@ -23,19 +29,23 @@ for i, d in ipairs(cjson.decode(ARGV[7])) do
     out[i] = -1
   else
     local seq = redis.call('LLEN', log)
-    local ev = cjson.encode({seq = seq, text = text})
-    if lp ~= '' then
-      ev = string.sub(ev, 1, -2) .. ',"logprobs":' .. lp .. '}'
+    if want ~= '' and seq > want then
+      out[i] = want  -- written by an earlier try of this call whose reply was lost
+    else
+      local ev = cjson.encode({seq = seq, text = text})
+      if lp ~= '' then
+        ev = string.sub(ev, 1, -2) .. ',"logprobs":' .. lp .. '}'
+      end
+      redis.call('RPUSH', log, ev)
+      redis.call('APPEND', rec .. ARGV[5], text)
+      redis.call('HINCRBY', rec, 'completion_tokens', d[3])
+      if seq == 0 then
+        redis.call('HSET', rec, 'first_token_at', now)
+        if d[4] ~= '' then redis.call('HSET', rec, 'prompt_tokens', d[4]) end
+      end
+      redis.call('PUBLISH', ARGV[6] .. id, ev)
+      out[i] = seq
     end
-    redis.call('RPUSH', log, ev)
-    redis.call('APPEND', rec .. ARGV[5], text)
-    redis.call('HINCRBY', rec, 'completion_tokens', d[3])
-    if seq == 0 then
-      redis.call('HSET', rec, 'first_token_at', now)
-      if d[4] ~= '' then redis.call('HSET', rec, 'prompt_tokens', d[4]) end
-    end
-    redis.call('PUBLISH', ARGV[6] .. id, ev)
-    out[i] = seq
   end
 end
 return out
