@@ -155,6 +155,8 @@ async def phase_relay(
     of the deltas that reached a stream live (emitted after it opened)."""
     ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(clients)))
     lat: list[float] = []
+    stamped: list[tuple[float, float]] = []  # (engine emit time, latency) of each live delta
+    opened_at: list[float] = []
     events = replayed = 0
     errors: list[str] = []
     span = [float("inf"), 0.0]  # first and last delta seen by any client
@@ -166,6 +168,7 @@ async def phase_relay(
             # Deltas the engine emitted before this stream was open come from the replay log:
             # how late the client connected, not latency genq added. Only live ones count.
             opened = time.time()
+            opened_at.append(opened)
             async for event, data in sse_events(r.content):
                 if event == "delta":
                     now = time.time()
@@ -174,6 +177,7 @@ async def phase_relay(
                         stamp = float(data[i + 1 : i + 18])
                         if stamp >= opened:
                             lat.append(now - stamp)
+                            stamped.append((stamp, now - stamp))
                         else:
                             replayed += 1
                     events += 1
@@ -203,6 +207,11 @@ async def phase_relay(
     records = await wait_jobs(session, base, list(ids))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
     span_s = span[1] - span[0] if events > 1 else dt
+    # The opening burst (streams opening while others already stream) apart from the
+    # steady state (every stream open): a burst of opens is loop time the deltas queue behind.
+    all_open = max(opened_at, default=0.0)
+    opening = [x for t, x in stamped if t < all_open]
+    steady = [x for t, x in stamped if t >= all_open]
     return {
         "sse_clients": clients,
         "tokens_per_job": tokens,
@@ -214,6 +223,12 @@ async def phase_relay(
         "p50_added_latency_ms": percentile(lat, 50) * 1000,
         "p99_added_latency_ms": percentile(lat, 99) * 1000,
         "mean_added_latency_ms": statistics.fmean(lat) * 1000 if lat else 0.0,
+        "opening_s": all_open - min(opened_at, default=all_open),
+        "opening_deltas": len(opening),
+        "p99_added_latency_ms_opening": percentile(opening, 99) * 1000,
+        "steady_deltas": len(steady),
+        "p50_added_latency_ms_all_open": percentile(steady, 50) * 1000,
+        "p99_added_latency_ms_all_open": percentile(steady, 99) * 1000,
         "stream_errors": len(errors),
         "first_error": errors[0] if errors else None,
         "api_cpu_us_per_delta": round(api_cpu / max(1, events) * 1e6, 1),
@@ -327,6 +342,8 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
         "sse_clients": r["sse_clients"],
         "p50_added_latency_ms": round(r["p50_added_latency_ms"], 2),
         "p99_added_latency_ms": round(r["p99_added_latency_ms"], 2),
+        "p99_added_latency_ms_all_open": round(r["p99_added_latency_ms_all_open"], 2),
+        "p99_added_latency_ms_opening": round(r["p99_added_latency_ms_opening"], 2),
         "stream_errors": r["stream_errors"],
         "publish_tokens_per_s": round(res["publish"]["tokens_per_s"]),
         "jobs_per_s": round(res["enqueue"]["jobs_per_s"], 1),

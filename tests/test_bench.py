@@ -355,3 +355,28 @@ def test_pin_engine_moves_the_engine_core_apart_from_the_rest() -> None:
     finally:
         os.killpg(tree.pid, signal.SIGKILL)
         tree.wait()
+
+
+def test_relay_benchmark_small_run_prints_its_final_line(tmp_path: Path) -> None:
+    """`make bench`'s benchmark end to end at a small size: the final JSON line has the keys
+    the issue names, and the relay's live deltas split into the opening burst and the steady
+    state with every stream open."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "relay.json"
+    cmd = [sys.executable, "-m", "benchmarks.relay", "--clients", "20", "--tokens", "30"]
+    cmd += ["--publish-jobs", "20", "--enqueue-jobs", "50", "--streams", "30"]
+    cmd += ["--state-dir", str(tmp_path / "state"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("deltas_per_s", "jobs_per_s", "sse_clients", "p99_added_latency_ms", "api_rss_mb"):
+        assert line[key] > 0, key
+    assert line["sse_clients"] == 20 and line["open_streams"] == 30
+    relay = json.loads(out.read_text())["relay"]
+    assert relay["succeeded"] == 20 and relay["stream_errors"] == 0
+    live = relay["opening_deltas"] + relay["steady_deltas"]
+    assert live + relay["replayed_deltas"] <= relay["delta_events"]
+    assert relay["steady_deltas"] > 0
+    assert relay["p99_added_latency_ms_all_open"] > 0
