@@ -50,6 +50,8 @@ from common.models import WebhookDelivery, WebhookSpec
 from common.settings import Settings
 from common.states import TERMINAL
 
+from .webhook_targets import ALLOW_SETTING, BlockedAddress, resolve
+
 log = logging.getLogger("genq.api.webhooks")
 
 LEASE_S = 60.0  # longest a single attempt may hold a delivery (above the HTTP timeout)
@@ -109,8 +111,13 @@ class WebhookDispatcher:
     async def run(self) -> None:
         if not self.settings.webhook_secret:
             log.warning("GENQ_WEBHOOK_SECRET is not set: webhooks go out unsigned")
+        # No kept-alive connections: a delivery connects to the address it checked
+        # (webhook_targets.py), and a pooled connection to that address may carry another
+        # host name's TLS session.
         self._http = httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout_s, follow_redirects=False
+            timeout=self.settings.webhook_timeout_s,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
         try:
             while True:
@@ -226,16 +233,26 @@ class WebhookDispatcher:
         status_code: int | None = None
         error: str | None = None
         assert self._http is not None
+        blocked = False
         try:
-            resp = await self._http.post(url, content=body, headers=headers)
+            target = await resolve(url, self.settings.webhook_allow_private)
+            resp = await self._http.post(
+                target.url,
+                content=body,
+                headers={**headers, **target.headers},
+                extensions=target.extensions,
+            )
             status_code = resp.status_code
             ok = 200 <= resp.status_code < 300
             if not ok:
                 error = f"HTTP {resp.status_code}"
+        except BlockedAddress as exc:  # not retried: the policy will not change by then
+            ok, blocked = False, True
+            error = f"{exc}; set {ALLOW_SETTING}=true to allow it"
         except httpx.HTTPError as exc:
             ok = False
             error = type(exc).__name__
-        last = attempt >= self.settings.webhook_max_attempts
+        last = blocked or attempt >= self.settings.webhook_max_attempts
         state = "delivered" if ok else ("failed" if last else "retrying")
         record = WebhookDelivery(
             event=event,  # type: ignore[arg-type]

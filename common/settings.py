@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         1.0, gt=0, description="First retry delay; doubles per attempt (capped at 10 min)"
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per-delivery HTTP timeout")
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs on loopback, private, link-local and other non-public "
+        "addresses (off: a job cannot make the API call internal services)",
+    )
     max_file_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest /v1/files upload (files live in Redis)"
     )

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from api.webhook_targets import BlockedAddress, check_submitted, resolve
 from api.webhooks import backoff_s, sign
+from common.errors import InvalidRequest
 from genq.redis_server import free_port
 from tests.stack import Stack, submit, wait_job
 
@@ -62,6 +65,7 @@ def hook_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "GENQ_WEBHOOK_BACKOFF_S": "0.3",
             "GENQ_WEBHOOK_TIMEOUT_S": "2",
             "GENQ_BACKGROUND_TICK_S": "0.1",
+            "GENQ_WEBHOOK_ALLOW_PRIVATE": "true",  # the receivers here listen on 127.0.0.1
         },
     )
     try:
@@ -222,7 +226,8 @@ def test_webhook_survives_an_api_restart(tmp_path: Path) -> None:
     """The event is scheduled in Redis; an API that restarts before delivering still
     delivers it (the dispatcher's state is all in Redis)."""
     recv = Receiver()
-    s = Stack(tmp_path / "r", env={"GENQ_WEBHOOK_SECRET": SECRET, "GENQ_BACKGROUND_TICK_S": "0.1"})
+    env = {"GENQ_WEBHOOK_SECRET": SECRET, "GENQ_BACKGROUND_TICK_S": "0.1"}
+    s = Stack(tmp_path / "r", env={**env, "GENQ_WEBHOOK_ALLOW_PRIVATE": "true"})
     try:
         s.start_api()
         s.start_worker("--sim-step-ms", "50")
@@ -246,3 +251,77 @@ def test_webhook_survives_an_api_restart(tmp_path: Path) -> None:
     finally:
         recv.close()
         s.stop()
+
+
+# -- address policy: no webhooks to non-public addresses unless allowed -----------------------
+
+
+def test_default_policy_rejects_private_and_loopback_urls_at_submission(stack: Stack) -> None:
+    stack.start_worker("--sim-step-ms", "5")
+    with stack.client() as c:
+        for url in [
+            "http://127.0.0.1:8080/hook",
+            "http://localhost/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.1.2.3/hook",
+            "http://[::1]:9000/hook",
+            "http://[::ffff:192.168.0.1]/hook",
+        ]:
+            r = c.post("/v1/jobs", json={"prompt": "x", "webhook": {"url": url}})
+            assert r.status_code == 400, (url, r.text)
+            err = r.json()["error"]
+            assert err["param"] == "webhook.url" and "GENQ_WEBHOOK_ALLOW_PRIVATE" in err["message"]
+
+
+def test_default_policy_blocks_a_name_that_resolves_to_a_private_address(stack: Stack) -> None:
+    """Checked again at delivery, on what the name resolves to: refused without a retry."""
+    host = socket.gethostname()
+    try:
+        addr = socket.gethostbyname(host)
+    except OSError:
+        pytest.skip("this machine's name does not resolve")
+    if not any(addr.startswith(p) for p in ("10.", "127.", "172.", "192.168.")):
+        pytest.skip(f"{host} resolves to {addr}")
+    stack.start_worker("--sim-step-ms", "5")
+    with stack.client() as c:
+        job = submit(
+            c, {"prompt": "x", "params": {"max_tokens": 2}, "webhook": {"url": f"http://{host}/h"}}
+        )
+        assert wait_job(c, job["id"])["status"] == "succeeded"
+        d = _wait_deliveries(c, job["id"], 1)
+        time.sleep(1.5)  # no retry follows
+        d = c.get(f"/v1/jobs/{job['id']}").json()["webhook_deliveries"]
+    assert [(x["attempt"], x["state"]) for x in d] == [(1, "failed")]
+    assert "non-public" in d[0]["error"] and "GENQ_WEBHOOK_ALLOW_PRIVATE" in d[0]["error"]
+
+
+def test_check_submitted_allows_public_hosts_and_everything_when_allowed() -> None:
+    check_submitted("https://hooks.example.com/x", allow_private=False)
+    check_submitted("http://93.184.216.34/x", allow_private=False)
+    check_submitted("http://127.0.0.1/x", allow_private=True)
+    with pytest.raises(InvalidRequest):
+        check_submitted("http://app.localhost/x", allow_private=False)
+
+
+async def test_delivery_connects_to_the_address_it_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: the name is resolved once, checked, and that address is the one
+    connected to, with the name kept in the Host header and the TLS server name."""
+    import asyncio
+
+    answers = {"good.example": "93.184.216.34", "rebind.example": "10.0.0.7"}
+
+    async def fake_getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(loop, "getaddrinfo", fake_getaddrinfo)
+    t = await resolve("https://good.example:8443/hook?a=1", allow_private=False)
+    assert t.url == "https://93.184.216.34:8443/hook?a=1"
+    assert t.headers == {"host": "good.example:8443"}
+    assert t.extensions == {"sni_hostname": "good.example"}
+    with pytest.raises(BlockedAddress):
+        await resolve("http://rebind.example/hook", allow_private=False)
+    allowed = await resolve("http://rebind.example/hook", allow_private=True)
+    assert allowed.url == "http://rebind.example/hook" and allowed.headers == {}

@@ -23,6 +23,7 @@ from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
 from ..relay import StreamRelay
 from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, encode
+from ..webhook_targets import check_submitted
 
 log = logging.getLogger("genq.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -136,6 +137,8 @@ async def create_job(
     same response instead, from its first delta (one request in place of POST + GET
     /events); the `x-genq-job-id` header names the job, so a dropped stream resumes with
     GET /v1/jobs/{id}/events and Last-Event-ID."""
+    if job.webhook is not None:
+        check_submitted(job.webhook.url, settings.webhook_allow_private)
     job_id, created_at, created = await submit_job(
         job,
         caller=caller,
