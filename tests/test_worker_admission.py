@@ -158,7 +158,7 @@ def test_the_engine_gets_vllm_server_defaults_and_the_step_budget_flag(monkeypat
     """A worker builds its AsyncLLM in vLLM's server usage context, as `vllm serve` does:
     the engine context's defaults (a 2048-token step budget on every GPU) made a burst of
     new prompts wait 4x more steps on H100/H200 than under `vllm serve`. The step budget is
-    a flag, passed through."""
+    a flag, passed through. vLLM's usage reports are off unless the operator set them."""
     import asyncio
 
     from vllm.usage.usage_lib import UsageContext
@@ -176,6 +176,7 @@ def test_the_engine_gets_vllm_server_defaults_and_the_step_budget_flag(monkeypat
         raise Built
 
     monkeypatch.setattr(AsyncLLM, "from_engine_args", staticmethod(fake_from_engine_args))
+    monkeypatch.delenv("VLLM_NO_USAGE_STATS", raising=False)
     args = build_parser().parse_args(
         ["--model", "/m", "--max-num-batched-tokens", "4096", "--stream-interval", "4"]
     )
@@ -185,11 +186,17 @@ def test_the_engine_gets_vllm_server_defaults_and_the_step_budget_flag(monkeypat
     assert seen["kw"]["usage_context"] == UsageContext.OPENAI_API_SERVER
     assert seen["args"].max_num_batched_tokens == 4096
     assert seen["args"].stream_interval == 4
+    # No usage reports to vLLM's collector from a self-hosted server unless asked for.
+    import os
+
+    assert os.environ["VLLM_NO_USAGE_STATS"] == "1"
+    monkeypatch.setenv("VLLM_NO_USAGE_STATS", "0")
     args = build_parser().parse_args(["--model", "/m"])
     with pytest.raises(Built):
         asyncio.run(build_engine(args).start())
     assert seen["args"].max_num_batched_tokens is None  # vLLM picks, for a server
     assert seen["args"].stream_interval == 1  # every token, as `vllm serve` streams
+    assert os.environ["VLLM_NO_USAGE_STATS"] == "0"  # an operator's choice stands
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--stream-interval", "0"])
 

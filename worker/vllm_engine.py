@@ -8,6 +8,7 @@ carries only new text.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ class VllmEngine:
         self._loras: dict[str, Any] = {}
 
     async def start(self) -> None:
+        # vLLM sends anonymous usage reports unless told not to; a self-hosted server should
+        # make no outbound calls its operator did not ask for (VLLM_NO_USAGE_STATS=0 opts in).
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
