@@ -287,3 +287,54 @@ def test_bad_completion_window(sim_stack: Stack, window: str) -> None:
             },
         )
     assert r.status_code == 400 and r.json()["error"]["param"] == "completion_window"
+
+
+def test_fan_out_creates_and_enqueues_each_line_in_one_call(stack: Stack) -> None:
+    """Each line's job is created with its Celery message in one script call, as POST
+    /v1/jobs does: no LPUSH from a client per line (MONITOR tells a script's commands from a
+    client's). Then a worker runs them all."""
+    import threading
+
+    n = 300
+    r = sync_redis.Redis.from_url(stack.redis.url)
+    pushed_by_clients = 0
+    watching = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal pushed_by_clients
+        with r.monitor() as m:
+            watching.set()
+            for cmd in m.listen():
+                if cmd["command"].upper().startswith("LPUSH") and cmd["client_type"] != "lua":
+                    pushed_by_clients += 1
+                if done.is_set():
+                    return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        assert watching.wait(5)
+        client = _client(stack)
+        f = client.files.create(
+            file=("b.jsonl", io.BytesIO(_lines(n, max_tokens=2))), purpose="batch"
+        )
+        b = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 60
+        while int(r.hget(keys.batch(b.id), "cursor") or 0) < n:
+            assert time.monotonic() < deadline, "fan-out did not finish"
+            time.sleep(0.1)
+        queued = sum(r.llen(q) for q in r.keys("genq.*") if r.type(q) == b"list")
+        assert queued == n  # every line's message is on its model's queue
+        done.set()
+        r.ping()  # one more command for the monitor to see: it returns
+        t.join(5)
+        assert pushed_by_clients == 0
+        stack.start_worker("--concurrency", "32", "--sim-step-ms", "1")
+        b = _wait_final(client, b.id, 120)
+        assert (b.request_counts.completed, b.request_counts.failed) == (n, 0)
+    finally:
+        done.set()
+        r.close()
