@@ -5,10 +5,9 @@ core or its hyperthread sibling. A 0.5B model's step is short enough that its CP
 scheduler, input preparation, the sampler's launch) is a large part of it.
 
 Every second: each engine core process (its title starts with VLLM::EngineCore; vLLM sets
-it) and all its threads go to the engine CPUs (by default two physical cores with their
-hyperthread siblings: its busy loop and its input and output threads), every other process
-under --root (gpu_run.sh passes its own pid) goes to the remaining CPUs. Both sides of a
-`both` run get the same treatment. Prints each change once.
+it) and all its threads go to the engine CPUs (by default cpu 0 and its hyperthread
+siblings), every other process under --root (gpu_run.sh passes its own pid) goes to the
+remaining CPUs. Both sides of a `both` run get the same treatment. Prints each change once.
 
 usage: python -m benchmarks.pin_engine --root PID [--engine-cpus 0,64] [--seconds N]
 """
@@ -80,25 +79,17 @@ def pin(pid: int, cpus: set[int]) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--root", type=int, required=True, help="pin only processes under this pid")
-    ap.add_argument("--engine-cpus", default="", help="CPUs for engine cores, e.g. 0,1,64,65")
     ap.add_argument(
-        "--physical",
-        type=int,
-        default=2,
-        help="without --engine-cpus: this many physical cores (with their hyperthread siblings)"
-        " for the engine cores: its busy loop and its input and output threads (default 2)",
+        "--engine-cpus", default="", help="CPUs for engine cores (default: cpu 0 + siblings)"
     )
     ap.add_argument("--seconds", type=float, default=3600)
     args = ap.parse_args()
     allowed = os.sched_getaffinity(0)
-    if args.engine_cpus:
-        engine = {int(c) for c in args.engine_cpus.split(",")}
-    else:
-        engine = set()
-        for cpu in sorted(allowed):
-            if len(engine) < len(allowed) // 2 and cpu not in engine and args.physical > 0:
-                engine |= siblings(cpu) & allowed
-                args.physical -= 1
+    engine = (
+        {int(c) for c in args.engine_cpus.split(",")}
+        if args.engine_cpus
+        else siblings(min(allowed))
+    )
     rest = allowed - engine
     print(f"pin_engine: engine cores -> {sorted(engine)}, the rest -> {len(rest)} cpus", flush=True)
     me = os.getpid()
