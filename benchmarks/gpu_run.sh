@@ -10,8 +10,6 @@
 # GENQ_BENCH_ARGS: more `genq bench` arguments, e.g. "--api-workers 2"
 # GENQ_PROFILE=1: also take py-spy profiles of genq's processes mid-run (gpu_profile.py)
 # GENQ_PAIRS=N: with SIDE both, N pairs in a row and their spread (benchmarks/pairs.py)
-# GENQ_PIN="0 1 ...": one entry per run (sets GENQ_PAIRS); 1 pins vLLM's engine core to a
-#   physical core of its own and everything else to the other CPUs (benchmarks/pin_engine.py)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -43,20 +41,11 @@ fi
 # GENQ_PAIRS=N (SIDE both): N genq/direct pairs in a row, bench-NAME-both-K.json, then their
 # spread (benchmarks/pairs.py): on these hosts one pair's ratio moves by +-5-10%
 PAIRS=${GENQ_PAIRS:-1}
-read -r -a PINS <<< "${GENQ_PIN:-}"
-CPUS=$(taskset -p -c $$ | awk -F': ' '{print $2}')  # restored after a pinned run
-[ "${#PINS[@]}" -gt 0 ] && PAIRS=${#PINS[@]}
 rc=0
 OUTS=()
 for k in $(seq 1 "$PAIRS"); do
   OUTF="$OUTD/bench-$NAME-$SIDE.json"
   [ "$PAIRS" -gt 1 ] && OUTF="$OUTD/bench-$NAME-$SIDE-$k.json"
-  PINNER=""
-  if [ "${PINS[$((k - 1))]:-0}" = 1 ]; then
-    OUTF="${OUTF%.json}-pinned.json"
-    python3 -m benchmarks.pin_engine --root $$ > >(tee -a "$OUTD/pin-$NAME.log") 2>&1 &
-    PINNER=$!
-  fi
   timeout "$LIMIT" python3 -m genq.cli bench "${MODE[@]}" --ignore-eos \
     --random-input-len 512 --random-output-len 256 \
     --max-concurrency "$CONCS" --num-prompts "$NUMS" \
@@ -65,11 +54,6 @@ for k in $(seq 1 "$PAIRS"); do
     --skip-tokenizer-init --max-model-len 2048 --max-num-seqs 256 "$@" \
     > >(tee -a "$OUTD/bench-$NAME-$SIDE.log") 2>&1
   rc=$?
-  if [ -n "$PINNER" ]; then
-    kill "$PINNER" 2>/dev/null
-    wait "$PINNER" 2>/dev/null
-    taskset -a -p -c "$CPUS" $$ > /dev/null 2>&1  # pin_engine moved this shell too
-  fi
   echo "end $(date -u +%H:%M:%S) rc=$rc"
   [ "$rc" = 0 ] || break
   OUTS+=("$OUTF")

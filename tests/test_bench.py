@@ -306,57 +306,6 @@ def test_pairs_summarise_repeated_genq_direct_runs(tmp_path: Path, capsys) -> No
     assert abs(s["mean"] - 0.8833) < 1e-3 and s["median"] == 0.9
 
 
-def test_pin_engine_moves_the_engine_core_apart_from_the_rest() -> None:
-    """benchmarks/pin_engine.py (GENQ_PIN in gpu_run.sh): a process titled VLLM::EngineCore
-    under the root goes to the engine CPUs, its siblings to the rest, nothing outside moves."""
-    import signal
-    import subprocess
-    import sys
-
-    from benchmarks.pin_engine import descendants
-
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("needs 2 CPUs")
-    script = "(exec -a VLLM::EngineCore sleep 30) & sleep 30 & wait"
-    tree = subprocess.Popen(["bash", "-c", script], start_new_session=True)
-    try:
-        for _ in range(50):
-            kids = descendants(tree.pid)
-            if len(kids) == 2:
-                break
-            time.sleep(0.05)
-        assert len(kids) == 2 and os.getpid() not in kids
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.pin_engine",
-                "--root",
-                str(tree.pid),
-                "--engine-cpus",
-                str(cpus[0]),
-                "--seconds",
-                "0.5",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-        by_title = {
-            Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")[0]: os.sched_getaffinity(k)
-            for k in kids
-        }
-        assert by_title[b"VLLM::EngineCore"] == {cpus[0]}
-        assert by_title[b"sleep"] == set(cpus[1:])
-        assert os.sched_getaffinity(0) == set(cpus)  # the test itself is not under the root
-        assert "VLLM::EngineCore" in out
-    finally:
-        os.killpg(tree.pid, signal.SIGKILL)
-        tree.wait()
-
-
 def test_relay_benchmark_small_run_prints_its_final_line(tmp_path: Path) -> None:
     """`make bench`'s benchmark end to end at a small size: the final JSON line has the keys
     the issue names, and the relay's live deltas split into the opening burst and the steady
