@@ -134,13 +134,23 @@ async def phase_streams(
                 opened.set()
             await release.wait()
 
+    cpu0 = cpu_s(api_pid)
+    t0 = time.perf_counter()
     tasks = [asyncio.create_task(hold(j)) for j in ids]
     await asyncio.wait_for(opened.wait(), 120)
+    open_s = time.perf_counter() - t0
+    open_cpu = cpu_s(api_pid) - cpu0
     await asyncio.sleep(1.0)
     with_streams = rss_mb(api_pid)
     release.set()
     await asyncio.gather(*tasks)
-    return {"streams": len(ids), "api_rss_mb_before": before, "api_rss_mb": with_streams}
+    return {
+        "streams": len(ids),
+        "api_rss_mb_before": before,
+        "api_rss_mb": with_streams,
+        "open_all_s": open_s,  # every stream opened at once, until the last got its 200
+        "api_cpu_us_per_open": round(open_cpu / max(1, len(ids)) * 1e6, 1),
+    }
 
 
 async def phase_relay(

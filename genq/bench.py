@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from genq.bench_cpu import CpuSampler, cpu_table, pin_engine_cores, roles
+from genq.bench_engine import EngineSampler, engine_table, scrape_workers
 from genq.bench_load import (
     BenchRequest,
     RequestFn,
@@ -241,10 +242,11 @@ async def _side(
     fields: dict[str, Any] | None = None,
     inspect: Callable[[list[RequestResult]], Awaitable[dict[str, Any]]] | None = None,
     cpu: CpuSampler | None = None,
+    engine: EngineSampler | None = None,
 ) -> list[dict[str, Any]]:
     """Warm up, then one timed run per (concurrency, prompts); `fields` go into every run,
     `inspect` adds what it finds after each run (outside the timed part), `cpu` the CPU
-    each part of the stack used during it."""
+    each part of the stack used during it, `engine` how full the engine's batch was."""
     if warm:
         res, _ = await run_load(
             fn,
@@ -262,6 +264,8 @@ async def _side(
     for conc, n, reqs in plan:
         if cpu is not None:
             cpu.start()
+        if engine is not None:
+            engine.start()
         results, duration = await run_load(
             fn,
             reqs,
@@ -274,6 +278,8 @@ async def _side(
         m = metrics(results, duration)
         if cpu is not None:
             m["cpu_pct"] = cpu.stop()
+        if engine is not None:
+            m["engine_batch"] = await engine.stop()
         runs.append(
             {
                 "target": name,
@@ -348,6 +354,7 @@ async def _genq_side(
             fields={"workers": workers, **({"pinned": pinned} if pinned else {})},
             inspect=inspect if args.endpoint != "openai-chat" else None,
             cpu=CpuSampler(processes),
+            engine=EngineSampler(scrape_workers(session, stack.health_ports)) if stack else None,
         )
 
 
@@ -376,8 +383,19 @@ async def _direct_side(
         if args.pin_engine_core:
             print(f"direct: pinned {pinned or 'nothing (no engine core found)'}", file=sys.stderr)
         fields = {"pinned": pinned} if pinned else None
+
+        async def stats() -> dict[str, float]:
+            return engine.stats()
+
         return await _side(
-            "direct", fn, args, plan, warm, fields=fields, cpu=CpuSampler(processes)
+            "direct",
+            fn,
+            args,
+            plan,
+            warm,
+            fields=fields,
+            cpu=CpuSampler(processes),
+            engine=EngineSampler(stats),
         ), start_s
     finally:
         await engine.shutdown()
@@ -478,6 +496,7 @@ def table(
         )
     lines += stage_table(runs, note=stage_note)
     lines += cpu_table(runs)
+    lines += engine_table(runs)
     if rat:
         lines += [
             "",

@@ -42,6 +42,7 @@ class LaunchedStack:
         self.api_port = api_port or free_port()
         self.env = {**os.environ, "REDIS_URL": self.redis.url, "PYTHONUNBUFFERED": "1"}
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.health_ports: list[int] = []  # each worker's /metrics (genq bench samples them)
         self.add_workers(workers)
         self.api = self._spawn(
             "api",
@@ -67,6 +68,11 @@ class LaunchedStack:
                 j = args.index("--worker-id")
                 wid = args[j + 1] if i == 0 else f"{args[j + 1]}-{i + 1}"
                 del args[j : j + 2]
+            if "--health-port" not in args:
+                from genq.redis_server import free_port
+
+                self.health_ports.append(free_port())
+                args += ["--health-port", str(self.health_ports[-1])]
             env = None
             if self.gpu_per_worker:
                 env = {"CUDA_VISIBLE_DEVICES": devices[i] if i < len(devices) else str(i)}

@@ -223,6 +223,10 @@ def test_launch_scale_workers_1_then_2(
         # other tests' processes, also children of pytest, show up as more roles)
         parts = ("client", "api", "worker", "consumer", "redis")
         assert all(r["cpu_pct"].get(k, 0) > 0 for k in parts), r["cpu_pct"]
+        # the engines' batches, from each worker's /metrics (4 slots a worker)
+        batch = r["engine_batch"]
+        assert batch["samples"] > 0 and 0 < batch["running_mean"] <= 4 * n, batch
+    assert runs[2]["engine_batch"]["running_mean"] > 4  # both workers' batches summed
     assert runs[2]["workers_seen"] == ["w1", "w2"]
     assert [(x["max_concurrency"], x["workers"]) for x in result["scaling"]] == [(8, 2)]
     assert result["scaling"][0]["output_throughput_ratio"] > 0
@@ -233,6 +237,7 @@ def test_launch_scale_workers_1_then_2(
     # the final JSON line carries the scaling too
     printed = capsys.readouterr().out
     assert "CPU during each run" in printed and "| consumer |" in printed
+    assert "The engine's batch during each run" in printed
     last = json.loads(printed.strip().splitlines()[-1])
     assert last["scaling"] and last["runs"][1]["workers"] == 2
     assert elapsed < 60, f"took {elapsed:.0f} s"
@@ -329,3 +334,16 @@ def test_relay_benchmark_small_run_prints_its_final_line(tmp_path: Path) -> None
     assert live + relay["replayed_deltas"] <= relay["delta_events"]
     assert relay["steady_deltas"] > 0
     assert relay["p99_added_latency_ms_all_open"] > 0
+
+
+def test_engine_requests_are_read_from_a_workers_metrics() -> None:
+    from genq.bench_engine import parse_engine_requests
+
+    text = (
+        "# TYPE genq_worker_engine_requests gauge\n"
+        'genq_worker_engine_requests{model="m",state="running",worker="w1"} 250.0\n'
+        'genq_worker_engine_requests{model="m",state="waiting",worker="w1"} 14.0\n'
+        'genq_worker_engine_requests{model="n",state="running",worker="w2"} 6.0\n'
+        'genq_worker_engine_kv_cache_usage_ratio{model="m",worker="w1"} 0.5\n'
+    )
+    assert parse_engine_requests(text) == {"running": 256.0, "waiting": 14.0}

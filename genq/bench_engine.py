@@ -1,0 +1,114 @@
+"""How full the engine's batch was during a `genq bench` run, on both sides.
+
+Throughput in a closed loop is (requests in the batch) / (step time). When genq's tokens/s
+falls short of the bare engine's, this tells the two apart: a genq engine that ran fewer
+requests at once than direct's (jobs spent time outside the batch: queue, claim, relay)
+against one that ran as many, only with slower steps (its engine core slowed by what ran
+beside it). Sampled every `interval` seconds from vLLM's SchedulerStats: the direct side
+reads them in process (VllmEngine.stats()), the genq side from each worker's /metrics
+(`genq_worker_engine_requests{state=...}`, summed over the workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Fetch = Callable[[], Awaitable[dict[str, float]]]
+
+_GAUGE = re.compile(r'^genq_worker_engine_requests\{[^}]*state="(running|waiting)"[^}]*\} (\S+)$')
+
+
+def parse_engine_requests(metrics_text: str) -> dict[str, float]:
+    """running / waiting requests from a worker's Prometheus text (summed over labels)."""
+    out = {"running": 0.0, "waiting": 0.0}
+    for line in metrics_text.splitlines():
+        m = _GAUGE.match(line)
+        if m:
+            out[m.group(1)] += float(m.group(2))
+    return out
+
+
+def scrape_workers(session: Any, ports: list[int]) -> Fetch:
+    """A Fetch that sums the engine gauges of the workers whose health ports are given."""
+
+    async def fetch() -> dict[str, float]:
+        total = {"running": 0.0, "waiting": 0.0}
+        for port in ports:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+                got = parse_engine_requests(await r.text())
+            for k in total:
+                total[k] += got[k]
+        return total
+
+    return fetch
+
+
+class EngineSampler:
+    """`start()` then `await stop()` around a run: the mean, p10 and min of the engine's
+    running requests and the mean of its waiting ones over the run."""
+
+    def __init__(self, fetch: Fetch, interval: float = 0.1):
+        self._fetch = fetch
+        self._interval = interval
+        self._samples: list[dict[str, float]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.errors = 0
+
+    def start(self) -> None:
+        self._samples = []
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._samples.append(await self._fetch())
+            except Exception:  # a missed sample (a worker restarting) is not the run's failure
+                self.errors += 1
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> dict[str, float]:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        # The first and last tenth are the run filling up and draining: not its steady state.
+        n = len(self._samples)
+        body = self._samples[n // 10 : n - n // 10] or self._samples
+        if not body:
+            return {}
+        running = sorted(s["running"] for s in body)
+        return {
+            "samples": len(body),
+            "running_mean": round(statistics.fmean(running), 1),
+            "running_p10": running[len(running) // 10],
+            "running_min": running[0],
+            "waiting_mean": round(statistics.fmean(s["waiting"] for s in body), 1),
+        }
+
+
+def engine_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown: how full each run's engine batch was."""
+    sampled = [r for r in runs if r.get("engine_batch")]
+    if not sampled:
+        return []
+    out = [
+        "",
+        "The engine's batch during each run (vLLM SchedulerStats every 0.1 s, the first and "
+        "last tenth of the run left out): requests running, and waiting for a slot.",
+        "",
+        "| side | conc | running mean | running p10 | running min | waiting mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sampled:
+        e = r["engine_batch"]
+        out.append(
+            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {e['running_mean']:.1f} "
+            f"| {e['running_p10']:.0f} | {e['running_min']:.0f} | {e['waiting_mean']:.1f} |"
+        )
+    return out
