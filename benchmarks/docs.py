@@ -57,9 +57,19 @@ def write_relay_section(res: dict[str, Any], line: dict[str, Any]) -> None:
             "added latency engine emit -> client, p50 / p99",
             f"{r['p50_added_latency_ms']:.1f} / {r['p99_added_latency_ms']:.1f} ms",
         ),
+        (
+            f"p99 while the {r['sse_clients']} streams opened ({r['opening_s']:.2f} s) / "
+            "with every stream open",
+            f"{r['p99_added_latency_ms_opening']:.1f} / "
+            f"{r['p99_added_latency_ms_all_open']:.1f} ms",
+        ),
         ("streams ended by an error (slow consumer, ...)", str(r["stream_errors"])),
         ("API RSS peak during the relay phase", f"{r['api_rss_mb_peak']:.0f} MB"),
         ("`POST /v1/jobs` accepted per second (64 in flight)", f"{e['jobs_per_s']:,.0f}"),
+        (
+            f"API CPU per stream opened, {s['streams']} at once",
+            f"{s['api_cpu_us_per_open'] / 1000:.2f} ms",
+        ),
         (
             f"API RSS with {s['streams']} open SSE streams "
             f"(idle before: {s['api_rss_mb_before']:.0f} MB)",
