@@ -90,7 +90,8 @@ async def resolve(url: str, allow_private: bool) -> Target:
     netloc = f"[{addr}]" if addr.version == 6 else str(addr)
     if parts.port:
         netloc += f":{parts.port}"
-    host_header = host if not parts.port else f"{host}:{parts.port}"
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    host_header = name if not parts.port else f"{name}:{parts.port}"
     pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
     extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     return Target(pinned, {"host": host_header}, extensions)

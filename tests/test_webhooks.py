@@ -323,5 +323,8 @@ async def test_delivery_connects_to_the_address_it_checked(
     assert t.extensions == {"sni_hostname": "good.example"}
     with pytest.raises(BlockedAddress):
         await resolve("http://rebind.example/hook", allow_private=False)
+    v6 = await resolve("http://[2606:4700::1111]:8080/h", allow_private=False)
+    assert v6.url == "http://[2606:4700::1111]:8080/h"
+    assert v6.headers == {"host": "[2606:4700::1111]:8080"}
     allowed = await resolve("http://rebind.example/hook", allow_private=True)
     assert allowed.url == "http://rebind.example/hook" and allowed.headers == {}
