@@ -102,7 +102,8 @@ STAGE_NOTES = (
     "submit: client POST -> record created; queue: created -> claimed by a worker (Celery "
     "delivery + claim); engine_first: claimed -> first token stored (engine TTFT + first "
     "publish); relay_first / relay_end: first token / end stored -> seen by the client "
-    "(Redis pub/sub -> API -> SSE)."
+    "(Redis pub/sub -> API -> SSE); worker_end: the engine's last token -> end stored (the "
+    "worker's loop catching up, the last delta's write, finish; from the seventh session)."
 )
 
 

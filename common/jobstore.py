@@ -320,8 +320,11 @@ class JobStore:
         finish_reason: str | None = None,
         usage: Usage | None = None,
         error: JobError | None = None,
+        engine_done_at: float | None = None,
     ) -> tuple[bool, str]:
         fields: list[Any] = []
+        if engine_done_at is not None:
+            fields += ["engine_done_at", repr(engine_done_at)]
         if finish_reason is not None:
             fields += ["finish_reason", finish_reason]
         if usage is not None:
@@ -413,6 +416,7 @@ def record_from_hash(
         created_at=float(raw["created_at"]),
         started_at=_f(raw, "started_at"),
         first_token_at=_f(raw, "first_token_at"),
+        engine_done_at=_f(raw, "engine_done_at"),
         finished_at=_f(raw, "finished_at"),
         attempts=int(raw.get("attempts") or 0),
         worker=raw.get("worker") or None,

@@ -173,6 +173,9 @@ class JobRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     first_token_at: float | None = None
+    # When the engine produced the job's last token (vLLM's engine-core clock, as wall time);
+    # finished_at minus this is the worker's share of the end: its loop, the last write.
+    engine_done_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
     worker: str | None = None

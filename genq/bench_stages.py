@@ -8,7 +8,7 @@ from typing import Any
 
 from genq.bench_load import PERCENTILES, RequestResult, percentile
 
-STAGES = ("submit", "queue", "engine_first", "relay_first", "relay_end")
+STAGES = ("submit", "queue", "engine_first", "relay_first", "worker_end", "relay_end")
 
 
 def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
@@ -16,11 +16,13 @@ def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
     not both known (a failed job, a stream that broke) is left out."""
     created, started = rec.get("created_at"), rec.get("started_at")
     first, finished = rec.get("first_token_at"), rec.get("finished_at")
+    engine_done = rec.get("engine_done_at")
     spans = {
         "submit": (res.wall_post, created),
         "queue": (created, started),
         "engine_first": (started, first),
         "relay_first": (first, res.wall_first),
+        "worker_end": (engine_done, finished),
         "relay_end": (finished, res.wall_done),
     }
     return {k: (b - a) * 1000 for k, (a, b) in spans.items() if a and b}

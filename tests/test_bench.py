@@ -125,6 +125,7 @@ def test_stage_times_split_a_job_by_its_record() -> None:
         "created_at": 100.01,
         "started_at": 100.11,
         "first_token_at": 100.41,
+        "engine_done_at": 101.19,
         "finished_at": 101.2,
     }
     st = stage_times(res, rec)
@@ -133,6 +134,7 @@ def test_stage_times_split_a_job_by_its_record() -> None:
         "queue": 100.0,
         "engine_first": 300.0,
         "relay_first": 90.0,
+        "worker_end": 10.0,
         "relay_end": 50.0,
     }
     assert st.keys() == want.keys()
@@ -215,7 +217,7 @@ def test_launch_scale_workers_1_then_2(
         assert r["completed"] == 24 and r["failed"] == 0, r.get("first_errors")
         assert r["total_output_tokens"] == 240
         assert len(r["workers_seen"]) == n, r["jobs_per_worker"]
-        for stage in ("submit", "queue", "engine_first", "relay_first", "relay_end"):
+        for stage in ("submit", "queue", "engine_first", "relay_first", "worker_end", "relay_end"):
             assert r["stages_ms"][stage]["p50"] >= 0, (stage, r["stages_ms"])
         # the simulated engine's first step is 20 ms: the engine stage holds it
         assert r["stages_ms"]["engine_first"]["p50"] >= 15

@@ -31,6 +31,17 @@ def test_chat_paris(engine_stack: Stack) -> None:
     t = [rec["created_at"], rec["started_at"], rec["first_token_at"], rec["finished_at"]]
     assert all(x is not None for x in t) and t == sorted(t), t
     assert rec["finish_reason"] == "stop" and rec["attempts"] == 1
+    # vLLM's engine-core stamp of the last token, as wall time: after the start (the first
+    # token may be stored a little after the engine made the last one), before the end
+    assert rec["started_at"] < rec["engine_done_at"] <= rec["finished_at"], rec
+    metrics = httpx.get(f"http://127.0.0.1:{engine_stack.worker_health_port}/metrics").text
+    assert "genq_worker_engine_output_lag_seconds_count" in metrics
+    count = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("genq_worker_engine_output_lag_seconds_count")
+    ]
+    assert sum(count) >= 1
 
 
 def test_sse_deltas_then_one_terminal(engine_stack: Stack) -> None:

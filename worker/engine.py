@@ -23,6 +23,9 @@ class EngineOutput:
     finished: bool = False
     finish_reason: str | None = None
     logprobs: list[dict[str, Any]] | None = None
+    # When the engine produced this output's newest token, on the monotonic clock (shared by
+    # the host's processes): vLLM's engine-core timestamp. None when the engine gives none.
+    engine_ts: float | None = None
 
 
 @dataclass(slots=True)

@@ -233,6 +233,7 @@ class EngineHost:
         completion_tokens = 0
         prompt_tokens: int | None = None
         finish_reason: str | None = None
+        engine_done_at: float | None = None
         log.info("job %s started (attempt %d) %s", job_id, record.attempts, request.summary())
         tokens_metric = metrics.TOKENS_GENERATED.labels(record.model)
         try:
@@ -252,6 +253,13 @@ class EngineHost:
                         )
                     if out.finished:
                         finish_reason = out.finish_reason
+                        if out.engine_ts:
+                            # How long the engine's last token waited for this coroutine: a
+                            # busy frontend loop (vLLM's output handler, the job coroutines,
+                            # the publisher) holds a finished job's slot empty meanwhile.
+                            lag = max(0.0, time.monotonic() - out.engine_ts)
+                            metrics.ENGINE_OUTPUT_LAG.labels(record.model).observe(lag)
+                            engine_done_at = time.time() - lag
             await self.publisher.flushed(job_id)
         except TimeoutError:
             await self._abort(job_id)
@@ -278,7 +286,11 @@ class EngineHost:
             total_tokens=(prompt_tokens or 0) + completion_tokens,
         )
         ok, status = await self._finish(
-            job_id, JobStatus.SUCCEEDED, finish_reason=finish_reason or "stop", usage=usage
+            job_id,
+            JobStatus.SUCCEEDED,
+            finish_reason=finish_reason or "stop",
+            usage=usage,
+            engine_done_at=engine_done_at,
         )
         elapsed = time.monotonic() - started
         log.info(

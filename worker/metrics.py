@@ -60,6 +60,14 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
     registry=REGISTRY,
 )
+ENGINE_OUTPUT_LAG = Histogram(
+    "genq_worker_engine_output_lag_seconds",
+    "From the engine producing a job's last token to the job's coroutine receiving it: how "
+    "far the worker's loop (vLLM's output handler, job coroutines, publisher) runs behind",
+    ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
 JOB_TTFT = Histogram(
     "genq_worker_time_to_first_token_seconds",
     "From the worker's claim of a job to its first generated token (excludes queue wait)",

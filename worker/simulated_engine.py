@@ -105,11 +105,15 @@ class SimulatedEngine:
                     if self.stamp:
                         text += f"@{time.time():.6f}"
                     hit = next((s for s in stops if s in text), None)
+                    now = time.monotonic()
                     if hit is not None:
-                        yield EngineOutput(text[: text.index(hit)], n, prompt_tokens, True, "stop")
+                        yield EngineOutput(
+                            text[: text.index(hit)], n, prompt_tokens, True, "stop", engine_ts=now
+                        )
                         return
                     done = made >= max_tokens
-                    yield EngineOutput(text, n, prompt_tokens, done, "length" if done else None)
+                    reason = "length" if done else None
+                    yield EngineOutput(text, n, prompt_tokens, done, reason, engine_ts=now)
             finally:
                 self._running.discard(job_id)
                 self._aborted.discard(job_id)

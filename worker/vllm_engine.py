@@ -291,6 +291,8 @@ class VllmEngine:
                         if request.params.logprobs is not None  # 0: the chosen token only
                         else None
                     ),
+                    # RequestStateStats (log_stats on): the engine core's monotonic stamp.
+                    engine_ts=getattr(getattr(out, "metrics", None), "last_token_ts", None) or None,
                 )
         except EngineDeadError as exc:
             raise EngineError("engine_error", "the inference engine died") from exc
