@@ -65,6 +65,45 @@ class PendingDelta:
     # The seq this delta should get (the writer's count of the job's deltas so far): makes
     # a retry of a call whose reply was lost idempotent (append.lua). None: append anyway.
     seq: int | None = None
+    # End the job after this delta, in the same call: [status, field, value, ...] (the
+    # fields `finish_fields` builds). An entry with no text and no tokens only ends it.
+    finish: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What `write_batch` did with one PendingDelta: its delta's seq (-1: refused, the job
+    is not running here; -2: it had no delta) and, for an entry that ends its job, whether
+    that happened (`finished`) or the job's status that prevented it (`status`)."""
+
+    seq: int
+    finished: bool | None = None
+    status: str = ""
+
+
+def finish_fields(
+    *,
+    finish_reason: str | None = None,
+    usage: Usage | None = None,
+    error: JobError | None = None,
+    engine_done_at: float | None = None,
+) -> list[str]:
+    """The record fields a terminal state sets, as [field, value, ...]."""
+    fields: list[str] = []
+    if finish_reason is not None:
+        fields += ["finish_reason", finish_reason]
+    if usage is not None:
+        fields += [
+            "prompt_tokens",
+            str(usage.prompt_tokens),
+            "completion_tokens",
+            str(usage.completion_tokens),
+        ]
+    if error is not None:
+        fields += ["error", error.model_dump_json()]
+    if engine_done_at is not None:
+        fields += ["engine_done_at", repr(engine_done_at)]
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +319,13 @@ class JobStore:
         return ClaimResult(outcome, status=_s(extra))
 
     async def append_deltas(self, worker_id: str, batch: Sequence[PendingDelta]) -> list[int]:
+        """`write_batch`, for callers that only append: each delta's seq, -1 if refused."""
+        return [w.seq for w in await self.write_batch(worker_id, batch)]
+
+    async def write_batch(self, worker_id: str, batch: Sequence[PendingDelta]) -> list[Written]:
         """Every job's delta of this tick in ONE script call with ONE payload argument (one
-        round trip, one reply, a single C-speed JSON encode). Returns each seq, -1 if
-        refused."""
+        round trip, one reply, a single C-speed JSON encode), ending the jobs whose entry
+        says so after their last delta (append.lua)."""
         if not batch:
             return []
         payload = json.dumps(
@@ -294,6 +337,7 @@ class JobStore:
                     "" if d.prompt_tokens is None else d.prompt_tokens,
                     d.logprobs,
                     "" if d.seq is None else d.seq,
+                    d.finish or "",
                 ]
                 for d in batch
             ],
@@ -307,8 +351,19 @@ class JobStore:
             keys.TEXT_SUFFIX,
             keys.EVENTS_PREFIX,
             payload,
+            str(self.retention_s),
+            keys.RUNNING,
+            keys.QUEUED,
         ]
-        return [int(x) for x in await self._append(keys=[], args=args)]
+        out: list[Written] = []
+        for x in await self._append(keys=[], args=args):
+            if isinstance(x, list):
+                outcome = _s(x[1])
+                ok = outcome == "ok"
+                out.append(Written(int(x[0]), ok, "" if ok else outcome))
+            else:
+                out.append(Written(int(x)))
+        return out
 
     async def finish(
         self,
@@ -322,20 +377,9 @@ class JobStore:
         error: JobError | None = None,
         engine_done_at: float | None = None,
     ) -> tuple[bool, str]:
-        fields: list[Any] = []
-        if engine_done_at is not None:
-            fields += ["engine_done_at", repr(engine_done_at)]
-        if finish_reason is not None:
-            fields += ["finish_reason", finish_reason]
-        if usage is not None:
-            fields += [
-                "prompt_tokens",
-                usage.prompt_tokens,
-                "completion_tokens",
-                usage.completion_tokens,
-            ]
-        if error is not None:
-            fields += ["error", error.model_dump_json()]
+        fields = finish_fields(
+            finish_reason=finish_reason, usage=usage, error=error, engine_done_at=engine_done_at
+        )
         res = await self._finish(
             keys=job_keys(job_id),
             args=[

@@ -20,6 +20,22 @@ async def _running_job(store: JobStore) -> str:
     return jid
 
 
+def _reply_lost_once(store: JobStore, when: Any) -> Any:
+    """store.write_batch whose first call with a delta matching `when` runs in Redis, then
+    loses its reply (a restart on SIGTERM, a dropped connection)."""
+    real = store.write_batch
+
+    async def write(worker_id: str, batch: Any) -> Any:
+        out = await real(worker_id, batch)  # Redis ran it...
+        if not write.lost and any(when(d) for d in batch):  # type: ignore[attr-defined]
+            write.lost += 1  # type: ignore[attr-defined]
+            raise rex.ConnectionError("Connection closed by server.")  # ...no reply
+        return out
+
+    write.lost = 0  # type: ignore[attr-defined]
+    return write
+
+
 async def _log_and_record(store: JobStore, jid: str) -> tuple[list[Any], dict[Any, Any]]:
     log = await store.redis.lrange(keys.job_log(jid), 0, -1)
     rec = await store.redis.hgetall(keys.job(jid))
@@ -63,18 +79,7 @@ def test_publisher_retry_after_a_lost_reply_does_not_duplicate(redis_server: Any
     async def go() -> tuple[int, list[Any], dict[Any, Any], Any]:
         store = JobStore(redis_from_url(redis_server.url))
         jid = await _running_job(store)
-        real = store.append_deltas
-        lost = 0
-
-        async def reply_lost_once(worker_id: str, batch: Any) -> list[int]:
-            nonlocal lost
-            seqs = await real(worker_id, batch)  # Redis ran it...
-            if not lost and any(d.text == "b" for d in batch):
-                lost += 1
-                raise rex.ConnectionError("Connection closed by server.")  # ...no reply
-            return seqs
-
-        store.append_deltas = reply_lost_once  # type: ignore[method-assign]
+        store.write_batch = _reply_lost_once(store, lambda d: d.text == "b")  # type: ignore[method-assign]
         pub = DeltaPublisher(store, "w", on_refused=lambda _: None)
         pub.start()
         pub.begin(jid)
@@ -86,7 +91,7 @@ def test_publisher_retry_after_a_lost_reply_does_not_duplicate(redis_server: Any
             await pub.stop()
             pub.forget(jid)
         log, rec = await _log_and_record(store, jid)
-        return lost, log, rec, await store.redis.get(keys.job_text(jid))
+        return store.write_batch.lost, log, rec, await store.redis.get(keys.job_text(jid))  # type: ignore[attr-defined]
 
     lost, log, rec, text = asyncio.run(go())
     assert lost == 1
@@ -97,3 +102,60 @@ def test_publisher_retry_after_a_lost_reply_does_not_duplicate(redis_server: Any
     ]
     assert text == b"abc"
     assert rec[b"completion_tokens"] == b"3"
+
+
+def test_finish_rides_with_the_last_delta_and_its_retry_is_idempotent(redis_server: Any) -> None:
+    """publisher.finish ends the job in the same call as its last delta: the end event
+    follows that delta on the job's channel, with nothing between; a lost reply on that call
+    is retried without a second delta and still reports the job as ended here."""
+
+    async def go() -> tuple[tuple[bool, str], list[Any], dict[Any, Any], list[str]]:
+        store = JobStore(redis_from_url(redis_server.url))
+        jid = await _running_job(store)
+        store.write_batch = _reply_lost_once(store, lambda d: d.finish)  # type: ignore[method-assign]
+        pubsub = store.redis.pubsub()
+        await pubsub.subscribe(keys.events(jid))
+        pub = DeltaPublisher(store, "w", on_refused=lambda _: None)
+        pub.start()
+        pub.begin(jid)
+        try:
+            pub.add(jid, "a", 1, 3)
+            await pub.flushed(jid)
+            pub.add(jid, "b", 1, 3)  # the last delta, pending when the job ends
+            fields = ["finish_reason", "length", "completion_tokens", "2"]
+            outcome = await pub.finish(jid, "succeeded", fields)
+        finally:
+            await pub.stop()
+            pub.forget(jid)
+        events: list[str] = []
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(events) < 3 and asyncio.get_running_loop().time() < deadline:
+            m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if m is not None:
+                events.append(m["data"].decode())
+        await pubsub.aclose()
+        log, rec = await _log_and_record(store, jid)
+        return outcome, log, rec, events
+
+    outcome, log, rec, events = asyncio.run(go())
+    assert outcome == (True, "succeeded")
+    assert [e.decode() for e in log] == ['{"seq":0,"text":"a"}', '{"seq":1,"text":"b"}']
+    assert rec[b"status"] == b"succeeded" and rec[b"finish_reason"] == b"length"
+    assert events == ['{"seq":0,"text":"a"}', '{"seq":1,"text":"b"}', '{"end":"succeeded"}']
+
+
+def test_finish_of_a_job_cancelled_meanwhile_reports_its_status(redis_server: Any) -> None:
+    async def go() -> tuple[tuple[bool, str], dict[Any, Any]]:
+        store = JobStore(redis_from_url(redis_server.url))
+        jid = await _running_job(store)
+        assert (await store.cancel(jid))[0]
+        pub = DeltaPublisher(store, "w", on_refused=lambda _: None)
+        pub.start()
+        try:
+            outcome = await pub.finish(jid, "succeeded", [])
+        finally:
+            await pub.stop()
+        return outcome, (await _log_and_record(store, jid))[1]
+
+    outcome, rec = asyncio.run(go())
+    assert outcome == (False, "cancelled") and rec[b"status"] == b"cancelled"

@@ -28,7 +28,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from common import keys
-from common.jobstore import JobStore, redis_from_url
+from common.jobstore import JobStore, finish_fields, redis_from_url
 from common.logs import bind_job
 from common.models import JobError, JobRecord, Usage, WorkerInfo
 from common.settings import Settings
@@ -260,7 +260,6 @@ class EngineHost:
                             lag = max(0.0, time.monotonic() - out.engine_ts)
                             metrics.ENGINE_OUTPUT_LAG.labels(record.model).observe(lag)
                             engine_done_at = time.time() - lag
-            await self.publisher.flushed(job_id)
         except TimeoutError:
             await self._abort(job_id)
             await self.publisher.flushed(job_id)
@@ -285,13 +284,18 @@ class EngineHost:
             completion_tokens=completion_tokens,
             total_tokens=(prompt_tokens or 0) + completion_tokens,
         )
-        ok, status = await self._finish(
-            job_id,
-            JobStatus.SUCCEEDED,
-            finish_reason=finish_reason or "stop",
-            usage=usage,
-            engine_done_at=engine_done_at,
+        fields = finish_fields(
+            finish_reason=finish_reason or "stop", usage=usage, engine_done_at=engine_done_at
         )
+        try:  # with the last delta, in one call (the end event follows it at once)
+            ok, status = await self.publisher.finish(job_id, JobStatus.SUCCEEDED.value, fields)
+        except Exception as exc:  # Redis gone past the publisher's outage window: output lost
+            log.warning("job %s: its last output could not be stored (%s)", job_id, exc)
+            return await self._fail(
+                job_id,
+                "engine_error",
+                f"the job's output could not be stored: {type(exc).__name__}",
+            )
         elapsed = time.monotonic() - started
         log.info(
             "job %s %s: %d tokens in %.2fs (%s)",

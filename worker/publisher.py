@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.exceptions as rex
 
-from common.jobstore import JobStore, PendingDelta
+from common.jobstore import JobStore, PendingDelta, Written
 from worker import metrics
 
 log = logging.getLogger("genq.worker.publisher")
@@ -36,6 +36,7 @@ class _Pending:
     tokens: int
     prompt_tokens: int | None
     logprobs: list[dict[str, Any]] | None = None
+    finish: list[str] | None = None  # end the job after this delta (append.lua)
 
 
 class DeltaPublisher:
@@ -53,6 +54,8 @@ class DeltaPublisher:
         self.outage_s = outage_s
         self._pending: dict[str, _Pending] = {}
         self._next_seq: dict[str, int] = {}  # per running job (begin..forget): deltas written
+        # Jobs whose end is in the pending batch: each waits for its outcome (finished, status).
+        self._finishing: dict[str, asyncio.Future[tuple[bool, str]]] = {}
         self._next: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -98,6 +101,26 @@ class DeltaPublisher:
             self._next = asyncio.get_running_loop().create_future()
         self._wake.set()
 
+    async def finish(self, job_id: str, status: str, fields: list[str]) -> tuple[bool, str]:
+        """End the job in the same script call as its last delta (whatever is pending for
+        it): one round trip fewer per job than flushing, then finishing, and the end event
+        is published right after the last delta. Returns (True, status) when this ended it,
+        else (False, the status it had: a cancel or a reaper got there first). Raises if
+        Redis stays unreachable past `outage_s`."""
+        fut = asyncio.get_running_loop().create_future()
+        self._finishing[job_id] = fut
+        p = self._pending.get(job_id)
+        if p is None:
+            p = self._pending[job_id] = _Pending([], 0, None)
+        p.finish = [status, *fields]
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        try:
+            return await fut
+        finally:
+            self._finishing.pop(job_id, None)
+
     async def flushed(self, job_id: str) -> None:
         """Wait until everything `add`ed for this job so far is written."""
         if job_id in self._pending and self._next is not None:
@@ -120,12 +143,13 @@ class DeltaPublisher:
                     p.prompt_tokens,
                     json.dumps(p.logprobs) if p.logprobs else "",
                     self._next_seq.get(jid),
+                    p.finish,
                 )
                 for jid, p in batch.items()
             ]
             t0 = time.perf_counter()
             try:
-                seqs = await self._write(items)
+                written = await self._write(items)
             except asyncio.CancelledError:
                 fut.cancel()
                 raise
@@ -133,6 +157,9 @@ class DeltaPublisher:
                 log.error("publishing %d deltas failed: %s", len(items), exc)
                 for item in items:  # whether they landed is unknown: stop expecting seqs
                     self._next_seq.pop(item.job_id, None)
+                    ending = self._finishing.get(item.job_id)
+                    if item.finish is not None and ending is not None and not ending.done():
+                        ending.set_exception(exc)
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: not every batch has a waiter
                 continue
@@ -141,14 +168,20 @@ class DeltaPublisher:
             self.last_batch_size = len(items)
             metrics.PUBLISH_BATCH_SIZE.observe(len(items))
             metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
-            for item, seq in zip(items, seqs, strict=True):
-                if seq < 0:
+            for item, w in zip(items, written, strict=True):
+                if item.finish is not None:  # its job's own coroutine takes the outcome
+                    ending = self._finishing.get(item.job_id)
+                    if ending is not None and not ending.done():
+                        ending.set_result(
+                            (bool(w.finished), item.finish[0] if w.finished else w.status)
+                        )
+                elif w.seq == -1:
                     self.on_refused(item.job_id)
-                elif item.job_id in self._next_seq:
-                    self._next_seq[item.job_id] = seq + 1
+                if w.seq >= 0 and item.job_id in self._next_seq:
+                    self._next_seq[item.job_id] = w.seq + 1
             fut.set_result(None)
 
-    async def _write(self, items: list[PendingDelta]) -> list[int]:
+    async def _write(self, items: list[PendingDelta]) -> list[Written]:
         """Write one batch, riding out a Redis outage (restart, failover) of up to
         `outage_s` instead of failing the job: the batch is retried whole, and deltas added
         meanwhile wait in `_pending` and go out next, in order. If Redis ran the batch but
@@ -158,7 +191,7 @@ class DeltaPublisher:
         deadline = time.monotonic() + self.outage_s
         while True:
             try:
-                return await self.store.append_deltas(self.worker_id, items)
+                return await self.store.write_batch(self.worker_id, items)
             except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise

@@ -14,14 +14,20 @@ end
 
 -- Move the job to a terminal status, start its retention clock, tell listeners.
 -- A job may carry its own `retention_s` field (JobRequest.retention_s); it wins over ARGV's.
+-- `k` holds the job's key names in KEYS' order above (a script that handles many jobs, like
+-- append.lua, builds them itself); `finish` is the usual case, the keys of KEYS.
+local function finish_at(k, id, status, now, retention, fields)
+  retention = redis.call('HGET', k[1], 'retention_s') or retention
+  redis.call('HSET', k[1], 'status', status, 'finished_at', now)
+  if #fields > 0 then redis.call('HSET', k[1], unpack(fields)) end
+  redis.call('EXPIRE', k[1], retention)
+  redis.call('EXPIRE', k[2], retention)
+  redis.call('EXPIRE', k[3], retention)
+  redis.call('ZREM', k[5], id)
+  redis.call('ZREM', k[6], id)
+  redis.call('PUBLISH', k[4], cjson.encode({['end'] = status}))
+end
+
 local function finish(id, status, now, retention, fields)
-  retention = redis.call('HGET', KEYS[1], 'retention_s') or retention
-  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
-  if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
-  redis.call('EXPIRE', KEYS[1], retention)
-  redis.call('EXPIRE', KEYS[2], retention)
-  redis.call('EXPIRE', KEYS[3], retention)
-  redis.call('ZREM', KEYS[5], id)
-  redis.call('ZREM', KEYS[6], id)
-  redis.call('PUBLISH', KEYS[4], cjson.encode({['end'] = status}))
+  finish_at(KEYS, id, status, now, retention, fields)
 end

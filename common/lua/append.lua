@@ -17,33 +17,53 @@
 -- already longer than the expected seq means this delta landed: it is skipped and its seq
 -- returned, not appended twice. A log shorter than expected (Redis lost its tail) is appended
 -- to at its end, so seqs stay gap-free.
--- Returns the seq of each job's delta, or -1.
+-- An entry may also end its job (its 7th element: '' or [status, field, value, ...]): after
+-- its delta, the job is finished as finish.lua would (ARGV[8] retention s, ARGV[9] the
+-- running zset, ARGV[10] the queued zset), so the end event follows the last delta in the
+-- same call. An entry with no text, tokens or logprobs only finishes. A retried finish of a
+-- job this worker already finished with that status counts as done.
+-- Returns, per entry, the seq of its delta (-1: refused; -2: no delta); for an entry that
+-- finishes, {seq, 'ok' | current status}.
 local worker, now = ARGV[1], ARGV[2]
 local out = {}
 for i, d in ipairs(cjson.decode(ARGV[7])) do
-  local id, text, lp, want = d[1], d[2], d[5], d[6]
+  local id, text, lp, want, fin = d[1], d[2], d[5], d[6], d[7]
   local rec = ARGV[3] .. id
   local log = rec .. ARGV[4]
   local cur = redis.call('HMGET', rec, 'status', 'worker')
-  if cur[1] ~= 'running' or cur[2] ~= worker then
-    out[i] = -1
+  local seq = -2
+  if fin ~= '' and cur[1] == fin[1] and cur[2] == worker then
+    -- written and finished by an earlier try of this call whose reply was lost
+    out[i] = {want ~= '' and want or -2, 'ok'}
+  elseif cur[1] ~= 'running' or cur[2] ~= worker then
+    out[i] = fin ~= '' and {-1, cur[1] or 'missing'} or -1
   else
-    local seq = redis.call('LLEN', log)
-    if want ~= '' and seq > want then
-      out[i] = want  -- written by an earlier try of this call whose reply was lost
+    if text ~= '' or d[3] ~= 0 or lp ~= '' then
+      seq = redis.call('LLEN', log)
+      if want ~= '' and seq > want then
+        seq = want  -- written by an earlier try of this call whose reply was lost
+      else
+        local ev = cjson.encode({seq = seq, text = text})
+        if lp ~= '' then
+          ev = string.sub(ev, 1, -2) .. ',"logprobs":' .. lp .. '}'
+        end
+        redis.call('RPUSH', log, ev)
+        redis.call('APPEND', rec .. ARGV[5], text)
+        redis.call('HINCRBY', rec, 'completion_tokens', d[3])
+        if seq == 0 then
+          redis.call('HSET', rec, 'first_token_at', now)
+          if d[4] ~= '' then redis.call('HSET', rec, 'prompt_tokens', d[4]) end
+        end
+        redis.call('PUBLISH', ARGV[6] .. id, ev)
+      end
+    end
+    if fin ~= '' then
+      local fields = {}
+      for j = 2, #fin do fields[#fields + 1] = fin[j] end
+      finish_at({rec, log, rec .. ARGV[5], ARGV[6] .. id, ARGV[9], ARGV[10]},
+        id, fin[1], now, ARGV[8], fields)
+      out[i] = {seq, 'ok'}
     else
-      local ev = cjson.encode({seq = seq, text = text})
-      if lp ~= '' then
-        ev = string.sub(ev, 1, -2) .. ',"logprobs":' .. lp .. '}'
-      end
-      redis.call('RPUSH', log, ev)
-      redis.call('APPEND', rec .. ARGV[5], text)
-      redis.call('HINCRBY', rec, 'completion_tokens', d[3])
-      if seq == 0 then
-        redis.call('HSET', rec, 'first_token_at', now)
-        if d[4] ~= '' then redis.call('HSET', rec, 'prompt_tokens', d[4]) end
-      end
-      redis.call('PUBLISH', ARGV[6] .. id, ev)
       out[i] = seq
     end
   end
