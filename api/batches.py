@@ -357,10 +357,7 @@ class BatchRunner:
         await self.store.create(
             request, model=model, owner=owner, job_id=jid, base_model=base, message=message
         )
-        if message is None:  # GENQ_FAST_ENQUEUE=false: Celery's send_task
-            await self.enqueuer.send(jid, queue, request)
-        else:
-            self.enqueuer.sent(queue)
+        await self.enqueuer.created(jid, queue, request, message)
 
     # -- 2. collection ----------------------------------------------------------------------
 

@@ -111,6 +111,16 @@ class Enqueuer:
         if self.metrics is not None:
             self.metrics.job_submitted(model)
 
+    async def created(
+        self, job_id: str, model: str, request: JobRequest, message: tuple[str, str] | None
+    ) -> None:
+        """After JobStore.create made the job with `message` (from `message()`): count it
+        when the script enqueued it, else (GENQ_FAST_ENQUEUE=false) send it now."""
+        if message is None:
+            await self.send(job_id, model, request)
+        else:
+            self.sent(model)
+
     async def send(self, job_id: str, model: str, request: JobRequest) -> None:
         """Put an already created job on `model`'s queue."""
         msg = self.message(job_id, model, request)

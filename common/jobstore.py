@@ -1,8 +1,9 @@
 """JobStore: the job record in Redis, moved only by the Lua scripts in common/lua.
 
 Both the API and the workers use it (asyncio, redis.asyncio). Hot paths are batched: the
-worker hands `append_deltas` every job's new text of one loop tick and it goes out as one
-script call (one round trip, one reply), whatever the number of jobs.
+worker hands `write_batch` every job's new text of one loop tick (and the ends of the jobs
+that finished) and it goes out as one script call (one round trip, one reply), whatever the
+number of jobs.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def job_keys(job_id: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class PendingDelta:
-    """New output of one job in one tick, ready for `append_deltas`."""
+    """New output of one job in one tick, ready for `write_batch`."""
 
     job_id: str
     text: str

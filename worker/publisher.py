@@ -4,8 +4,9 @@ Job tasks call `add()` (no await, no I/O) as the engine yields; one writer task 
 pending deltas in ONE pipeline (replay log + text + publish per job, via append.lua), then
 takes whatever accumulated meanwhile. While a write is in flight, new deltas of the same
 job merge into one, so the number of Redis round trips per second is bounded by the
-round-trip time, not by tokens/s x jobs. A job waits for `flushed(job_id)` before it
-finishes, so its terminal event always follows its last delta.
+round-trip time, not by tokens/s x jobs. A job that succeeds ends through `finish()`: its
+end goes out in the same script call as its last delta, so the terminal event follows that
+delta at once; any other end (timeout, failure) waits for `flushed(job_id)` first.
 
 Each delta carries the seq it should get (the count of the job's deltas written so far), so
 a batch retried after Redis ran it but lost the reply (a restart, a dropped connection) is
@@ -97,6 +98,11 @@ class DeltaPublisher:
             p.tokens += tokens
             if logprobs:
                 p.logprobs = (p.logprobs or []) + logprobs
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Something is pending: the next batch has a future to wait on, and the writer
+        wakes."""
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
         self._wake.set()
@@ -113,9 +119,7 @@ class DeltaPublisher:
         if p is None:
             p = self._pending[job_id] = _Pending([], 0, None)
         p.finish = [status, *fields]
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        self._wake.set()
+        self._schedule()
         try:
             return await fut
         finally:

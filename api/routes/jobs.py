@@ -84,18 +84,15 @@ async def submit_job(
     )
     bind_job(job_id)  # this request's later log lines carry the job id
     if created:
-        if message is None:  # GENQ_FAST_ENQUEUE=false: Celery's send_task, after the script
+        try:  # only Celery's send_task (GENQ_FAST_ENQUEUE=false) can fail here
+            await enqueuer.created(job_id, queue_model, job, message)
+        except Exception as exc:
+            log.warning("enqueue of %s failed: %s", job_id, type(exc).__name__)
             try:
-                await enqueuer.send(job_id, queue_model, job)
-            except Exception as exc:
-                log.warning("enqueue of %s failed: %s", job_id, type(exc).__name__)
-                try:
-                    await store.discard(job_id, caller.owner, idempotency_key)
-                except (rex.RedisError, OSError):
-                    pass
-                raise BackendUnavailable("could not enqueue the job: broker unavailable") from exc
-        else:
-            enqueuer.sent(queue_model)
+                await store.discard(job_id, caller.owner, idempotency_key)
+            except (rex.RedisError, OSError):
+                pass
+            raise BackendUnavailable("could not enqueue the job: broker unavailable") from exc
         log.info("job %s queued for %s %s", job_id, model, job.summary())
     return job_id, created_at, created
 
