@@ -25,7 +25,12 @@ wall-clock stamps, split a request into stages (ms, p50/p90/p99 in `stages_ms`):
   queue         started_at         - created_at          (Celery delivery + claim)
   engine_first  first_token_at     - started_at          (engine TTFT + first publish)
   relay_first   client first delta - first_token_at      (Redis pub/sub -> API -> SSE)
+  engine        engine_done_at     - started_at          (add_request to the last token)
+  worker_end    finished_at        - engine_done_at      (the worker's loop + the last write)
   relay_end     client `done`      - finished_at         (the same for the end of the job)
+
+submit + queue + engine + worker_end + relay_end is the client's POST start to `done`: their
+means (printed and tabled beside the direct side's mean E2EL) say what genq added per job.
 
 The client and the API/workers must share a clock (one host, or NTP) for submit and relay.
 
@@ -494,7 +499,8 @@ def table(
             f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
             f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
         )
-    lines += stage_table(runs, note=stage_note)
+    direct_e2el = {r["max_concurrency"]: r["mean_e2el_ms"] for r in runs if r["target"] == "direct"}
+    lines += stage_table(runs, note=stage_note, baseline=direct_e2el)
     lines += cpu_table(runs)
     lines += engine_table(runs)
     if rat:

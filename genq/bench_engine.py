@@ -49,7 +49,7 @@ def scrape_workers(session: Any, ports: list[int]) -> Fetch:
 
 class EngineSampler:
     """`start()` then `await stop()` around a run: the mean, p10 and min of the engine's
-    running requests and the mean of its waiting ones over the run."""
+    running requests and the mean of its waiting ones over the run, and both series."""
 
     def __init__(self, fetch: Fetch, interval: float = 0.1):
         self._fetch = fetch
@@ -70,7 +70,7 @@ class EngineSampler:
                 self.errors += 1
             await asyncio.sleep(self._interval)
 
-    async def stop(self) -> dict[str, float]:
+    async def stop(self) -> dict[str, Any]:
         if self._task is not None:
             self._task.cancel()
             try:
@@ -84,6 +84,11 @@ class EngineSampler:
             return {}
         running = sorted(s["running"] for s in body)
         return {
+            # every sample in order, the fill and drain too: where the batch emptied, and
+            # whether it did so in waves (jobs of equal length end together)
+            "interval_s": self._interval,
+            "running_series": [int(s["running"]) for s in self._samples],
+            "waiting_series": [int(s["waiting"]) for s in self._samples],
             "samples": len(body),
             "running_mean": round(statistics.fmean(running), 1),
             "running_p10": running[len(running) // 10],

@@ -1,14 +1,24 @@
 """Where genq's time goes, per job of the jobs endpoint: the job's own timestamps read back
-after a run, with the client's wall-clock stamps (see genq/bench.py's docstring)."""
+after a run, with the client's wall-clock stamps (see genq/bench.py's docstring).
+
+Five of the stages partition a job's life as its client sees it: submit + queue + engine +
+worker_end + relay_end = POST start to `done` at the client (E2EL, as vLLM defines it, stops
+at the last token, a little earlier). Their means therefore say
+where each job's time went, and next to the direct side's mean E2EL (the bare engine's own
+time per request) how much of it genq added: in a closed loop (as many clients as engine
+slots) every millisecond a job spends outside the engine is a slot left empty."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from typing import Any
 
 from genq.bench_load import PERCENTILES, RequestResult, percentile
 
-STAGES = ("submit", "queue", "engine_first", "relay_first", "worker_end", "relay_end")
+STAGES = ("submit", "queue", "engine_first", "relay_first", "engine", "worker_end", "relay_end")
+# the stages that add up to a job's E2EL as its client sees it
+CYCLE = ("submit", "queue", "engine", "worker_end", "relay_end")
 
 
 def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
@@ -22,6 +32,7 @@ def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
         "queue": (created, started),
         "engine_first": (started, first),
         "relay_first": (first, res.wall_first),
+        "engine": (started, engine_done),
         "worker_end": (engine_done, finished),
         "relay_end": (finished, res.wall_done),
     }
@@ -29,12 +40,23 @@ def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
 
 
 def stage_summary(per_job: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """p50/p90/p99 of each stage over the jobs that have it."""
+    """p50/p90/p99 and the mean of each stage over the jobs that have it."""
     out: dict[str, dict[str, float]] = {}
     for stage in STAGES:
         vals = [j[stage] for j in per_job if stage in j]
         if vals:
             out[stage] = {f"p{p}": round(percentile(vals, p), 3) for p in PERCENTILES}
+            out[stage]["mean"] = round(statistics.fmean(vals), 3)
+    return out
+
+
+def cycle_means(stages: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """The mean of each CYCLE stage and their sum (the mean E2EL they explain); None when a
+    stage is missing (records from before engine_done_at, or failed jobs only)."""
+    if not all("mean" in stages.get(k, {}) for k in CYCLE):
+        return None
+    out = {k: stages[k]["mean"] for k in CYCLE}
+    out["sum"] = round(sum(out.values()), 3)
     return out
 
 
@@ -65,12 +87,15 @@ async def job_breakdown(
     done = [r for r in results if r.job_id]
     recs = await fetch_records(session, base_url, [r.job_id for r in done])
     per_job = [stage_times(r, recs[r.job_id]) for r in done if r.job_id in recs]
+    # what the cycle stages add up to: POST start to `done` (E2EL stops at the last delta)
+    to_done = [(r.wall_done - r.wall_post) * 1000 for r in done if r.wall_done and r.wall_post]
     by_worker: dict[str, int] = {}
     for rec in recs.values():
         if rec.get("worker"):
             by_worker[rec["worker"]] = by_worker.get(rec["worker"], 0) + 1
     return {
         "stages_ms": stage_summary(per_job),
+        "mean_post_to_done_ms": round(statistics.fmean(to_done), 3) if to_done else None,
         "workers_seen": sorted(by_worker),
         "jobs_per_worker": dict(sorted(by_worker.items())),
     }
@@ -79,16 +104,28 @@ async def job_breakdown(
 def format_stages(r: dict[str, Any]) -> str:
     parts = [f"{k} {v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}" for k, v in r["stages_ms"].items()]
     per_worker = " ".join(f"{w}:{n}" for w, n in r.get("jobs_per_worker", {}).items())
-    return (
+    line = (
         f"{r['target']:>8} c={r['max_concurrency'] or 'inf':>4} stages ms p50/p90/p99: "
         + " | ".join(parts)
         + (f" | jobs per worker {per_worker}" if per_worker else "")
     )
+    cyc = cycle_means(r["stages_ms"])
+    if cyc is not None:
+        means = " + ".join(f"{k} {cyc[k]:.1f}" for k in CYCLE)
+        line += (
+            f"\n{'':15}mean ms per job: {means} = {cyc['sum']:.1f} (client: POST to done "
+            f"{r.get('mean_post_to_done_ms') or 0:.1f}, E2EL {r.get('mean_e2el_ms', 0):.1f})"
+        )
+    return line
 
 
-def stage_table(runs: list[dict[str, Any]], note: str = "") -> list[str]:
+def stage_table(
+    runs: list[dict[str, Any]], note: str = "", baseline: dict[int | None, float] | None = None
+) -> list[str]:
     """Markdown: where each genq run's time went, one row per run (ms, p50 / p90 / p99),
-    with the workers that ran its jobs; `note` goes in the line above the table."""
+    with the workers that ran its jobs; `note` goes in the line above the table; then the
+    cycle table, against `baseline` (the direct side's mean E2EL by concurrency)."""
+    baseline = baseline or {}
     staged = [r for r in runs if r.get("stages_ms")]
     if not staged:
         return []
@@ -110,5 +147,36 @@ def stage_table(runs: list[dict[str, Any]], note: str = "") -> list[str]:
             f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {r.get('workers') or '-'} | "
             + " | ".join(cells)
             + f" | {per_worker or '-'} |"
+        )
+    return out + cycle_table(runs, baseline)
+
+
+def cycle_table(runs: list[dict[str, Any]], baseline: dict[int | None, float]) -> list[str]:
+    """Markdown: the mean of each stage that makes up a job's E2EL, per genq run, beside the
+    direct side's mean E2EL at the same concurrency (`baseline`): what genq added per job."""
+    rows = [
+        (r, c)
+        for r in runs
+        if r.get("stages_ms") and (c := cycle_means(r["stages_ms"])) is not None
+    ]
+    if not rows:
+        return []
+    out = [
+        "",
+        "The same, as means that add up to the client's POST to `done` (submit + queue + "
+        "engine + worker_end + relay_end; engine: claimed to the engine's last token), beside the "
+        "direct side's mean E2EL: in a closed loop the difference is time each job held no "
+        "engine slot.",
+        "",
+        "| side | conc | " + " | ".join(CYCLE) + " | sum | direct E2EL | added |",
+        "|" + "---|" * (5 + len(CYCLE)),
+    ]
+    for r, c in rows:
+        direct = baseline.get(r["max_concurrency"])
+        out.append(
+            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | "
+            + " | ".join(f"{c[k]:.1f}" for k in CYCLE)
+            + f" | {c['sum']:.1f} | "
+            + (f"{direct:.1f} | {c['sum'] - direct:+.1f} |" if direct else "- | - |")
         )
     return out

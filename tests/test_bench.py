@@ -26,7 +26,7 @@ from genq.bench_load import (
     openai_chat_client,
     run_load,
 )
-from genq.bench_stages import stage_summary, stage_times
+from genq.bench_stages import STAGES, cycle_means, cycle_table, stage_summary, stage_times
 from tests.stack import Stack
 
 
@@ -134,6 +134,7 @@ def test_stage_times_split_a_job_by_its_record() -> None:
         "queue": 100.0,
         "engine_first": 300.0,
         "relay_first": 90.0,
+        "engine": 1080.0,
         "worker_end": 10.0,
         "relay_end": 50.0,
     }
@@ -146,7 +147,19 @@ def test_stage_times_split_a_job_by_its_record() -> None:
     summary = stage_summary([{"queue": float(ms)} for ms in range(1, 101)] + [st])
     assert summary["queue"]["p50"] == pytest.approx(51.0)  # 1..100 and 100: numpy's median
     assert summary["queue"]["p99"] == pytest.approx(100.0)
-    assert summary["engine_first"] == {"p50": 300.0, "p90": 300.0, "p99": 300.0}
+    assert summary["queue"]["mean"] == pytest.approx((5050 + 100) / 101, abs=1e-3)
+    assert summary["engine_first"] == {"p50": 300.0, "p90": 300.0, "p99": 300.0, "mean": 300.0}
+    # the cycle stages partition the client's E2EL (POST start to `done`: 1250 ms)
+    one = cycle_means(stage_summary([st]))
+    assert one is not None and one["sum"] == pytest.approx(1250.0)
+    assert cycle_means({"queue": summary["queue"]}) is None  # the other stages are missing
+    table = "\n".join(
+        cycle_table(
+            [{"target": "genq", "max_concurrency": 8, "stages_ms": stage_summary([st])}],
+            {8: 1200.0},
+        )
+    )
+    assert "| genq | 8 | 10.0 | 100.0 | 1080.0 | 10.0 | 50.0 | 1250.0 | 1200.0 | +50.0 |" in table
 
 
 def test_scaling_divides_by_the_first_worker_count() -> None:
@@ -217,8 +230,11 @@ def test_launch_scale_workers_1_then_2(
         assert r["completed"] == 24 and r["failed"] == 0, r.get("first_errors")
         assert r["total_output_tokens"] == 240
         assert len(r["workers_seen"]) == n, r["jobs_per_worker"]
-        for stage in ("submit", "queue", "engine_first", "relay_first", "worker_end", "relay_end"):
+        for stage in STAGES:
             assert r["stages_ms"][stage]["p50"] >= 0, (stage, r["stages_ms"])
+        # the stages' means add up to the client's POST -> done (clocks shared on one host)
+        cyc = cycle_means(r["stages_ms"])
+        assert cyc is not None and cyc["sum"] == pytest.approx(r["mean_post_to_done_ms"], rel=0.01)
         # the simulated engine's first step is 20 ms: the engine stage holds it
         assert r["stages_ms"]["engine_first"]["p50"] >= 15
         # every part of the stack was sampled, and each did some work (in a full test run,
@@ -228,6 +244,8 @@ def test_launch_scale_workers_1_then_2(
         # the engines' batches, from each worker's /metrics (4 slots a worker)
         batch = r["engine_batch"]
         assert batch["samples"] > 0 and 0 < batch["running_mean"] <= 4 * n, batch
+        assert len(batch["running_series"]) == len(batch["waiting_series"]) >= batch["samples"]
+        assert max(batch["running_series"]) <= 4 * n
     assert runs[2]["engine_batch"]["running_mean"] > 4  # both workers' batches summed
     assert runs[2]["workers_seen"] == ["w1", "w2"]
     assert [(x["max_concurrency"], x["workers"]) for x in result["scaling"]] == [(8, 2)]
