@@ -26,7 +26,7 @@ from common.errors import Conflict
 from common.models import JobError, JobRecord, JobRequest, Usage
 from common.states import JobStatus
 
-_FIELDS_JSON = ("usage", "error", "metadata", "request", "webhook_deliveries")
+_FIELDS_JSON = ("usage", "error", "metadata", "webhook_deliveries")
 
 
 def _load(name: str) -> str:
@@ -308,16 +308,37 @@ class JobStore:
     # -- worker side ------------------------------------------------------------------------
 
     async def claim(self, job_id: str, worker_id: str) -> ClaimResult:
-        res = await self._claim(
-            keys=job_keys(job_id),
-            args=[job_id, worker_id, repr(time.time()), self.max_attempts, self.retention_s],
-        )
-        outcome, extra = _s(res[0]), res[1]
-        if outcome == "claimed":
-            flat = res[2:]
-            record = record_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)), "")
-            return ClaimResult(outcome, attempts=int(extra), record=record)
-        return ClaimResult(outcome, status=_s(extra))
+        return (await self.claim_many([job_id], worker_id))[0]
+
+    async def claim_many(self, job_ids: Sequence[str], worker_id: str) -> list[ClaimResult]:
+        """Claim each job for `worker_id` (queued -> running) in ONE script call; a result
+        per job, in order. A worker claims every job that reached it in a loop tick at once
+        (worker/claims.py)."""
+        if not job_ids:
+            return []
+        args: list[str | int] = [
+            worker_id,
+            repr(time.time()),
+            self.max_attempts,
+            self.retention_s,
+            keys.JOB_PREFIX,
+            keys.LOG_SUFFIX,
+            keys.TEXT_SUFFIX,
+            keys.EVENTS_PREFIX,
+            keys.RUNNING,
+            keys.QUEUED,
+            *job_ids,
+        ]
+        out: list[ClaimResult] = []
+        for res in await self._claim(keys=[], args=args):
+            outcome, extra = _s(res[0]), res[1]
+            if outcome == "claimed":
+                flat = res[2:]
+                record = record_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)), "")
+                out.append(ClaimResult(outcome, attempts=int(extra), record=record))
+            else:
+                out.append(ClaimResult(outcome, status=_s(extra)))
+        return out
 
     async def append_deltas(self, worker_id: str, batch: Sequence[PendingDelta]) -> list[int]:
         """`write_batch`, for callers that only append: each delta's seq, -1 if refused."""
@@ -472,7 +493,14 @@ def record_from_hash(
         priority=int(raw.get("priority") or 5),
         metadata=decoded.get("metadata"),
         webhook_deliveries=decoded.get("webhook_deliveries"),
-        request=JobRequest(**decoded["request"]) if with_request and "request" in decoded else None,
+        # pydantic's own JSON parser: the request holds the whole prompt (a list of 512
+        # token ids parsed by json.loads, then validated item by item, cost a worker's loop
+        # ~2.5x as much per claim)
+        request=(
+            JobRequest.model_validate_json(raw["request"])
+            if with_request and raw.get("request")
+            else None
+        ),
     )
 
 

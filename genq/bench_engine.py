@@ -20,15 +20,23 @@ from typing import Any
 Fetch = Callable[[], Awaitable[dict[str, float]]]
 
 _GAUGE = re.compile(r'^genq_worker_engine_requests\{[^}]*state="(running|waiting)"[^}]*\} (\S+)$')
+# the worker's output lag histogram (engine's last token -> the job's coroutine): its running
+# sum and count, so a run's mean is the difference between its last and first samples
+_LAG = re.compile(r"^genq_worker_engine_output_lag_seconds_(sum|count)\{[^}]*\} (\S+)$")
 
 
 def parse_engine_requests(metrics_text: str) -> dict[str, float]:
-    """running / waiting requests from a worker's Prometheus text (summed over labels)."""
-    out = {"running": 0.0, "waiting": 0.0}
+    """running / waiting requests from a worker's Prometheus text (summed over labels), and
+    its output lag histogram's sum and count (`lag_sum`, `lag_count`)."""
+    out = {"running": 0.0, "waiting": 0.0, "lag_sum": 0.0, "lag_count": 0.0}
     for line in metrics_text.splitlines():
         m = _GAUGE.match(line)
         if m:
             out[m.group(1)] += float(m.group(2))
+            continue
+        m = _LAG.match(line)
+        if m:
+            out[f"lag_{m.group(1)}"] += float(m.group(2))
     return out
 
 
@@ -36,7 +44,7 @@ def scrape_workers(session: Any, ports: list[int]) -> Fetch:
     """A Fetch that sums the engine gauges of the workers whose health ports are given."""
 
     async def fetch() -> dict[str, float]:
-        total = {"running": 0.0, "waiting": 0.0}
+        total = {"running": 0.0, "waiting": 0.0, "lag_sum": 0.0, "lag_count": 0.0}
         for port in ports:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
                 got = parse_engine_requests(await r.text())
@@ -83,7 +91,14 @@ class EngineSampler:
         if not body:
             return {}
         running = sorted(s["running"] for s in body)
+        first, last = self._samples[0], self._samples[-1]
+        lag_n = last.get("lag_count", 0.0) - first.get("lag_count", 0.0)
+        lag = {}
+        if lag_n > 0:  # the genq side: how far the worker's loop ran behind the engine
+            lag_s = last.get("lag_sum", 0.0) - first.get("lag_sum", 0.0)
+            lag = {"output_lag_ms_mean": round(lag_s / lag_n * 1000, 3)}
         return {
+            **lag,
             # every sample in order, the fill and drain too: where the batch emptied, and
             # whether it did so in waves (jobs of equal length end together)
             "interval_s": self._interval,
@@ -105,15 +120,19 @@ def engine_table(runs: list[dict[str, Any]]) -> list[str]:
     out = [
         "",
         "The engine's batch during each run (vLLM SchedulerStats every 0.1 s, the first and "
-        "last tenth of the run left out): requests running, and waiting for a slot.",
+        "last tenth of the run left out): requests running, and waiting for a slot; on the "
+        "genq side, how far the worker's loop ran behind the engine (a job's last token to its "
+        "coroutine, genq_worker_engine_output_lag_seconds).",
         "",
-        "| side | conc | running mean | running p10 | running min | waiting mean |",
-        "|---|---|---|---|---|---|",
+        "| side | conc | running mean | running p10 | running min | waiting mean "
+        "| output lag mean ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sampled:
         e = r["engine_batch"]
         out.append(
             f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {e['running_mean']:.1f} "
-            f"| {e['running_p10']:.0f} | {e['running_min']:.0f} | {e['waiting_mean']:.1f} |"
+            f"| {e['running_p10']:.0f} | {e['running_min']:.0f} | {e['waiting_mean']:.1f} "
+            f"| {e['output_lag_ms_mean'] if 'output_lag_ms_mean' in e else '-'} |"
         )
     return out

@@ -365,5 +365,38 @@ def test_engine_requests_are_read_from_a_workers_metrics() -> None:
         'genq_worker_engine_requests{model="m",state="waiting",worker="w1"} 14.0\n'
         'genq_worker_engine_requests{model="n",state="running",worker="w2"} 6.0\n'
         'genq_worker_engine_kv_cache_usage_ratio{model="m",worker="w1"} 0.5\n'
+        'genq_worker_engine_output_lag_seconds_bucket{le="0.01",model="m"} 3.0\n'
+        'genq_worker_engine_output_lag_seconds_count{model="m"} 4.0\n'
+        'genq_worker_engine_output_lag_seconds_sum{model="m"} 0.5\n'
     )
-    assert parse_engine_requests(text) == {"running": 256.0, "waiting": 14.0}
+    assert parse_engine_requests(text) == {
+        "running": 256.0,
+        "waiting": 14.0,
+        "lag_sum": 0.5,
+        "lag_count": 4.0,
+    }
+
+
+def test_the_engine_sampler_reports_the_runs_output_lag() -> None:
+    from genq.bench_engine import EngineSampler
+
+    readings = iter(
+        [
+            {"running": 4.0, "waiting": 0.0, "lag_sum": 1.0, "lag_count": 10.0},
+            {"running": 3.0, "waiting": 1.0, "lag_sum": 1.5, "lag_count": 20.0},
+            {"running": 2.0, "waiting": 0.0, "lag_sum": 2.0, "lag_count": 30.0},
+        ]
+    )
+
+    async def fetch() -> dict[str, float]:
+        return next(readings)
+
+    async def go() -> dict[str, Any]:
+        sampler = EngineSampler(fetch, interval=0.001)
+        sampler.start()
+        await asyncio.sleep(0.05)  # the readings run out: later samples count as errors
+        return await sampler.stop()
+
+    got = asyncio.run(go())
+    assert got["running_series"] == [4, 3, 2] and got["waiting_series"] == [0, 1, 0]
+    assert got["output_lag_ms_mean"] == pytest.approx(50.0)  # 1.0 s over 20 jobs

@@ -36,6 +36,7 @@ from common.states import JobStatus
 from common.taskspec import UNACKED_KEY, queue_lists
 from common.workers import live_workers
 from worker import metrics
+from worker.claims import ClaimBatcher
 from worker.engine import EngineClient, EngineError
 from worker.publisher import DeltaPublisher
 
@@ -91,6 +92,7 @@ class EngineHost:
         self.jobs_done = 0
         self.store: JobStore
         self.publisher: DeltaPublisher
+        self.claims: ClaimBatcher
         self._bg: list[asyncio.Task[Any]] = []
         # Called once, from a plain thread, when the engine dies: the Celery side stops
         # consuming this worker's queue (set by worker.main).
@@ -122,6 +124,7 @@ class EngineHost:
             max_attempts=self.settings.max_attempts,
         )
         self.publisher = DeltaPublisher(self.store, self.worker_id, self._on_refused)
+        self.claims = ClaimBatcher(self.store, self.worker_id)
         await self.engine.start()
         self.publisher.start()
         self._bg = [
@@ -200,7 +203,7 @@ class EngineHost:
             self._check_engine()
             raise NotAccepting("engine dead" if self.engine.errored else "draining")
         bind_job(job_id)  # every log line of this job's task carries its id
-        claim = await self.store.claim(job_id, self.worker_id)
+        claim = await self.claims.claim(job_id)
         metrics.CLAIMS.labels(self.engine.info.model, claim.outcome).inc()
         if claim.outcome != "claimed":
             log.info("job %s not run: %s %s", job_id, claim.outcome, claim.status)

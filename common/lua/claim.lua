@@ -1,29 +1,46 @@
--- Atomic claim by a worker: queued -> running. A duplicate delivery finds the job running
--- or terminal and is dropped (invariant 2).
--- ARGV[1] job id; ARGV[2] worker id; ARGV[3] now; ARGV[4] max attempts; ARGV[5] retention s
--- Returns {'claimed', attempts, field, value, ...} (the claimed record: the worker needs no
---         second round trip to read it) | {'skip', status} | {'expired', ''} | {'exhausted', ''}
---         | {'missing', ''}
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing', ''} end
-if status ~= 'queued' then return {'skip', status} end
-local now = tonumber(ARGV[3])
-local expires = redis.call('HGET', KEYS[1], 'expires_at')
-if expires and expires ~= '' and now > tonumber(expires) then
-  finish(ARGV[1], 'expired', ARGV[3], ARGV[5], {'error', cjson.encode(
-    {code = 'queue_ttl', message = 'the job waited in the queue longer than its queue_ttl_s'})})
-  return {'expired', ''}
+-- Atomic claim by a worker of one or more jobs: queued -> running. A duplicate delivery
+-- finds its job running or terminal and is dropped (invariant 2).
+-- A worker claims every job that reached it in one loop tick in ONE call: jobs of equal
+-- length end together and their successors arrive together, and a wave of N claims was N
+-- script calls (N encodes, N replies, N wakes) on the engine's busy loop. Key names are
+-- built here from the prefixes common/keys.py passes in (a single Redis, as append.lua).
+-- ARGV[1] worker id; ARGV[2] now; ARGV[3] max attempts; ARGV[4] retention s;
+-- ARGV[5] job key prefix; ARGV[6] log key suffix; ARGV[7] text key suffix;
+-- ARGV[8] events channel prefix; ARGV[9] the running zset; ARGV[10] the queued zset;
+-- ARGV[11..] the job ids.
+-- Returns, per job, {'claimed', attempts, field, value, ...} (the claimed record: the worker
+-- needs no second round trip to read it) | {'skip', status} | {'expired', ''}
+-- | {'exhausted', ''} | {'missing', ''}
+local worker, now_s, max_attempts, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now = tonumber(now_s)
+
+local function claim_one(id)
+  local rec = ARGV[5] .. id
+  local k = {rec, rec .. ARGV[6], rec .. ARGV[7], ARGV[8] .. id, ARGV[9], ARGV[10]}
+  local status = redis.call('HGET', rec, 'status')
+  if not status then return {'missing', ''} end
+  if status ~= 'queued' then return {'skip', status} end
+  local expires = redis.call('HGET', rec, 'expires_at')
+  if expires and expires ~= '' and now > tonumber(expires) then
+    finish_at(k, id, 'expired', now_s, retention, {'error', cjson.encode(
+      {code = 'queue_ttl', message = 'the job waited in the queue longer than its queue_ttl_s'})})
+    return {'expired', ''}
+  end
+  local attempts = redis.call('HINCRBY', rec, 'attempts', 1)
+  if attempts > tonumber(max_attempts) then
+    finish_at(k, id, 'failed', now_s, retention, {'attempts', max_attempts, 'error',
+      cjson.encode({code = 'attempts_exhausted',
+        message = 'the job was started ' .. max_attempts .. ' times and its worker died each time'})})
+    return {'exhausted', ''}
+  end
+  redis.call('HSET', rec, 'status', 'running', 'started_at', now_s, 'worker', worker)
+  redis.call('ZADD', k[5], now, id)
+  redis.call('ZREM', k[6], id)
+  local out = {'claimed', attempts}
+  for _, v in ipairs(redis.call('HGETALL', rec)) do out[#out + 1] = v end
+  return out
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts > tonumber(ARGV[4]) then
-  finish(ARGV[1], 'failed', ARGV[3], ARGV[5], {'attempts', ARGV[4], 'error', cjson.encode(
-    {code = 'attempts_exhausted',
-     message = 'the job was started ' .. ARGV[4] .. ' times and its worker died each time'})})
-  return {'exhausted', ''}
-end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2])
-redis.call('ZADD', KEYS[5], now, ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1])
-local out = {'claimed', attempts}
-for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+
+local out = {}
+for i = 11, #ARGV do out[#out + 1] = claim_one(ARGV[i]) end
 return out
