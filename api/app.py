@@ -16,6 +16,7 @@ from common.settings import Settings, get_settings
 from . import errors
 from .batches import BatchRunner, BatchStore
 from .enqueue import Enqueuer
+from .expiry import sweep_expired
 from .files import FileStore
 from .limits import BodySizeLimit
 from .metrics import ApiMetrics, RequestMetrics
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         background = [
             asyncio.create_task(runner.run(), name="genq-batches"),
             asyncio.create_task(dispatcher.run(), name="genq-webhooks"),
+            asyncio.create_task(sweep_expired(store), name="genq-queue-ttl"),
         ]
         log.info("genq API up; Redis at %s", settings.redacted_redis_url)
         try:

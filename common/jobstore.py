@@ -125,6 +125,7 @@ class JobStore:
         self._append: AsyncScript = redis.register_script(_load("append.lua"))  # type: ignore[assignment]
         self._finish: AsyncScript = redis.register_script(_load("finish.lua"))  # type: ignore[assignment]
         self._requeue: AsyncScript = redis.register_script(_load("requeue.lua"))  # type: ignore[assignment]
+        self._expire: AsyncScript = redis.register_script(_load("expire.lua"))  # type: ignore[assignment]
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -179,7 +180,13 @@ class JobStore:
         for k, v in fields.items():
             argv += [k, v]
         idem = keys.idempotency(owner, idempotency_key or "-")
-        script_keys = [*job_keys(job_id), idem, keys.owner_jobs(owner), keys.ALL_JOBS]
+        script_keys = [
+            *job_keys(job_id),
+            idem,
+            keys.owner_jobs(owner),
+            keys.ALL_JOBS,
+            keys.EXPIRING,
+        ]
         if message:
             script_keys.append(message[0])
         res = await self._create(keys=script_keys, args=argv)
@@ -200,6 +207,7 @@ class JobStore:
         pipe.delete(keys.job(job_id))
         pipe.zrem(keys.owner_jobs(owner), job_id)
         pipe.zrem(keys.QUEUED, job_id)
+        pipe.zrem(keys.EXPIRING, job_id)
         pipe.zrem(keys.ALL_JOBS, job_id)
         if idempotency_key:
             pipe.delete(keys.idempotency(owner, idempotency_key))
@@ -339,6 +347,23 @@ class JobStore:
             else:
                 out.append(ClaimResult(outcome, status=_s(extra)))
         return out
+
+    async def expire_due(self, limit: int = 500) -> list[str]:
+        """End `expired` every queued job whose queue_ttl_s has passed (at most `limit` per
+        call); returns their ids. Jobs already claimed or ended are only dropped from the
+        expiring index (expire.lua)."""
+        args: list[str | int] = [
+            repr(time.time()),
+            self.retention_s,
+            limit,
+            keys.JOB_PREFIX,
+            keys.LOG_SUFFIX,
+            keys.TEXT_SUFFIX,
+            keys.EVENTS_PREFIX,
+            keys.RUNNING,
+            keys.QUEUED,
+        ]
+        return [_s(x) for x in await self._expire(keys=[keys.EXPIRING], args=args)]
 
     async def append_deltas(self, worker_id: str, batch: Sequence[PendingDelta]) -> list[int]:
         """`write_batch`, for callers that only append: each delta's seq, -1 if refused."""

@@ -9,6 +9,8 @@
     genq:worker:{wid}:jobs   set    jobs a worker has claimed and not finished (for the reaper)
     genq:running             zset   running job ids scored by claim time (for the reaper)
     genq:queued              zset   queued job ids by (re)queue time (to find lost messages)
+    genq:expiring            zset   jobs with a queue_ttl_s by expires_at (the API's sweep
+                                    expires those still queued; stale entries dropped then)
     genq:requeued            zset   jobs requeue.lua put back, until their message is re-sent
     genq:bury:{wid}          string lock: the reaper handling a dead worker's messages
     genq:idem:{owner}:{key}  string idempotency key -> job id
@@ -45,6 +47,7 @@ WORKERS = f"{PREFIX}:workers"
 RUNNING = f"{PREFIX}:running"
 REQUEUED = f"{PREFIX}:requeued"
 QUEUED = f"{PREFIX}:queued"
+EXPIRING = f"{PREFIX}:expiring"
 ALL_JOBS = f"{PREFIX}:index:jobs"
 
 

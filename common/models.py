@@ -102,7 +102,12 @@ class JobRequest(BaseModel):
     params: SamplingParams = Field(default_factory=lambda: SamplingParams())
     priority: int = Field(5, ge=0, le=9, description="0 is most urgent, 9 least (Celery/vLLM)")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
-    queue_ttl_s: float | None = Field(None, gt=0, le=7 * 86400)
+    queue_ttl_s: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds the job may wait to start; past that it ends `expired` unrun",
+    )
     metadata: dict[str, str] | None = Field(None, max_length=16)
     webhook: WebhookSpec | None = None
     retention_s: int | None = Field(

@@ -576,6 +576,21 @@ def test_queue_ttl_expires_without_starting(stack: Stack) -> None:
     assert stack.running_jobs() == []
 
 
+def test_queue_ttl_expires_with_no_worker_at_all(stack: Stack) -> None:
+    """No worker consumes the model's queue: the API's sweep ends the job at its deadline,
+    and a client following its events hears the end."""
+    with stack.client() as c:
+        t0 = time.monotonic()
+        job = submit(c, {"prompt": "x", "params": {"max_tokens": 3}, "queue_ttl_s": 0.5})
+        sse = SseReader(stack, job["id"])
+        event, data = sse.terminal(10)
+        waited = time.monotonic() - t0
+        assert event == "error" and data["status"] == "expired"
+        assert data["error"]["code"] == "queue_ttl" and data["started_at"] is None
+        assert 0.5 <= waited < 5, waited  # the deadline, plus at most a sweep period or so
+        assert get(c, job["id"])["status"] == "expired"
+
+
 # -- 9. engine death inside a worker ---------------------------------------------------------
 
 
