@@ -329,12 +329,7 @@ class JobStore:
             repr(time.time()),
             self.max_attempts,
             self.retention_s,
-            keys.JOB_PREFIX,
-            keys.LOG_SUFFIX,
-            keys.TEXT_SUFFIX,
-            keys.EVENTS_PREFIX,
-            keys.RUNNING,
-            keys.QUEUED,
+            *keys.JOB_KEY_PARTS,
             *job_ids,
         ]
         out: list[ClaimResult] = []
@@ -356,12 +351,7 @@ class JobStore:
             repr(time.time()),
             self.retention_s,
             limit,
-            keys.JOB_PREFIX,
-            keys.LOG_SUFFIX,
-            keys.TEXT_SUFFIX,
-            keys.EVENTS_PREFIX,
-            keys.RUNNING,
-            keys.QUEUED,
+            *keys.JOB_KEY_PARTS,
         ]
         return [_s(x) for x in await self._expire(keys=[keys.EXPIRING], args=args)]
 
