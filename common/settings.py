@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Freeze startup objects out of the garbage collector and collect less "
         "often (common/gc_tuning.py): full collections stalled every stream ~0.1 s",
     )
+    vllm_output_sink: bool = Field(
+        False,
+        description="Experimental: vLLM's output handler hands each step's outputs to the "
+        "worker's publisher directly, instead of waking one coroutine per running job per "
+        "step (worker/vllm_engine.py VllmEngine.stream)",
+    )
     fast_enqueue: bool = Field(
         True, description="LPUSH Celery's message directly (false: Celery send_task)"
     )

@@ -37,7 +37,7 @@ from common.taskspec import UNACKED_KEY, queue_lists
 from common.workers import live_workers
 from worker import metrics
 from worker.claims import ClaimBatcher
-from worker.engine import EngineClient, EngineError
+from worker.engine import EngineClient, EngineError, EngineOutput
 from worker.publisher import DeltaPublisher
 
 log = logging.getLogger("genq.worker")
@@ -64,6 +64,58 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class _Progress:
+    """One job's output so far: each engine output goes to the publisher and the metrics
+    here, synchronously, whether a job coroutine iterates the engine's stream or the engine
+    calls `on_output` from its own output handler."""
+
+    __slots__ = (
+        "completion_tokens",
+        "engine_done_at",
+        "finish_reason",
+        "job_id",
+        "model",
+        "prompt_tokens",
+        "publisher",
+        "started",
+        "tokens_metric",
+    )
+
+    def __init__(self, job_id: str, model: str, publisher: DeltaPublisher):
+        self.job_id = job_id
+        self.model = model
+        self.publisher = publisher
+        self.started = time.monotonic()
+        self.completion_tokens = 0
+        self.prompt_tokens: int | None = None
+        self.finish_reason: str | None = None
+        self.engine_done_at: float | None = None
+        self.tokens_metric = metrics.TOKENS_GENERATED.labels(model)
+
+    def on_output(self, out: EngineOutput) -> None:
+        if not self.completion_tokens and out.new_tokens:
+            metrics.JOB_TTFT.labels(self.model).observe(time.monotonic() - self.started)
+            metrics.PROMPT_TOKENS.labels(self.model).inc(out.prompt_tokens or 0)
+        self.tokens_metric.inc(out.new_tokens)
+        self.prompt_tokens = out.prompt_tokens or self.prompt_tokens
+        self.completion_tokens += out.new_tokens
+        # Without a tokenizer (--skip-tokenizer-init) text is empty: still stream the step,
+        # so clients see progress and timing per token.
+        if out.text or out.logprobs or out.new_tokens:
+            self.publisher.add(
+                self.job_id, out.text, out.new_tokens, self.prompt_tokens, out.logprobs
+            )
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            if out.engine_ts:
+                # How long the engine's last token waited for the worker's loop: a busy
+                # frontend loop (vLLM's output handler, the job coroutines, the publisher)
+                # holds a finished job's slot empty meanwhile.
+                lag = max(0.0, time.monotonic() - out.engine_ts)
+                metrics.ENGINE_OUTPUT_LAG.labels(self.model).observe(lag)
+                self.engine_done_at = time.time() - lag
 
 
 class EngineHost:
@@ -232,37 +284,18 @@ class EngineHost:
         job_id, request = record.id, record.request
         assert request is not None
         timeout = request.timeout_s
-        started = time.monotonic()
-        completion_tokens = 0
-        prompt_tokens: int | None = None
-        finish_reason: str | None = None
-        engine_done_at: float | None = None
+        progress = _Progress(job_id, record.model, self.publisher)
         log.info("job %s started (attempt %d) %s", job_id, record.attempts, request.summary())
-        tokens_metric = metrics.TOKENS_GENERATED.labels(record.model)
+        stream = getattr(self.engine, "stream", None) if self.settings.vllm_output_sink else None
         try:
             async with asyncio.timeout(timeout):
-                async for out in self.engine.generate(job_id, request):
-                    if not completion_tokens and out.new_tokens:
-                        metrics.JOB_TTFT.labels(record.model).observe(time.monotonic() - started)
-                        metrics.PROMPT_TOKENS.labels(record.model).inc(out.prompt_tokens or 0)
-                    tokens_metric.inc(out.new_tokens)
-                    prompt_tokens = out.prompt_tokens or prompt_tokens
-                    completion_tokens += out.new_tokens
-                    # Without a tokenizer (--skip-tokenizer-init) text is empty: still
-                    # stream the step, so clients see progress and timing per token.
-                    if out.text or out.logprobs or out.new_tokens:
-                        self.publisher.add(
-                            job_id, out.text, out.new_tokens, prompt_tokens, out.logprobs
-                        )
-                    if out.finished:
-                        finish_reason = out.finish_reason
-                        if out.engine_ts:
-                            # How long the engine's last token waited for this coroutine: a
-                            # busy frontend loop (vLLM's output handler, the job coroutines,
-                            # the publisher) holds a finished job's slot empty meanwhile.
-                            lag = max(0.0, time.monotonic() - out.engine_ts)
-                            metrics.ENGINE_OUTPUT_LAG.labels(record.model).observe(lag)
-                            engine_done_at = time.time() - lag
+                if stream is not None:
+                    # vLLM's output handler hands each step's output to `progress` itself:
+                    # no wake of this coroutine per step (worker/vllm_engine.py)
+                    await stream(job_id, request, progress.on_output)
+                else:
+                    async for out in self.engine.generate(job_id, request):
+                        progress.on_output(out)
         except TimeoutError:
             await self._abort(job_id)
             await self.publisher.flushed(job_id)
@@ -280,15 +313,18 @@ class EngineHost:
         except Exception as exc:
             log.exception("job %s failed in the engine", job_id)
             return await self._fail(job_id, "engine_error", f"{type(exc).__name__}")
-        if finish_reason == "abort":
+        if progress.finish_reason == "abort":
             return "cancelled"
+        prompt_tokens, completion_tokens = progress.prompt_tokens or 0, progress.completion_tokens
         usage = Usage(
-            prompt_tokens=prompt_tokens or 0,
+            prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            total_tokens=(prompt_tokens or 0) + completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
         )
         fields = finish_fields(
-            finish_reason=finish_reason or "stop", usage=usage, engine_done_at=engine_done_at
+            finish_reason=progress.finish_reason or "stop",
+            usage=usage,
+            engine_done_at=progress.engine_done_at,
         )
         try:  # with the last delta, in one call (the end event follows it at once)
             ok, status = await self.publisher.finish(job_id, JobStatus.SUCCEEDED.value, fields)
@@ -299,14 +335,14 @@ class EngineHost:
                 "engine_error",
                 f"the job's output could not be stored: {type(exc).__name__}",
             )
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - progress.started
         log.info(
             "job %s %s: %d tokens in %.2fs (%s)",
             job_id,
             "succeeded" if ok else f"already {status}",
             completion_tokens,
             elapsed,
-            finish_reason,
+            progress.finish_reason,
         )
         return "succeeded" if ok else status
 

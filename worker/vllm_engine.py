@@ -7,10 +7,12 @@ carries only new text.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,15 +260,9 @@ class VllmEngine:
         return SamplingParams(**kw)
 
     async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        prompt, tok_kwargs = self._prompt(request)
-        try:
-            sampling = self._sampling(request.params)
-        except Exception as exc:
-            raise EngineError("invalid_request", f"params: {exc}") from exc
-        prompt_tokens: int | None = None
-        try:
+        prompt, tok_kwargs, sampling = self._request_args(request)
+        convert = _Converter(request.params.logprobs is not None, self._tokenizer)
+        with _engine_errors():
             async for out in self._llm.generate(
                 prompt,
                 sampling,
@@ -277,36 +273,67 @@ class VllmEngine:
                 # here because this worker advertises the adapter in its heartbeat.
                 lora_request=self._loras.get(request.model or ""),
             ):
-                if prompt_tokens is None and out.prompt_token_ids is not None:
-                    prompt_tokens = len(out.prompt_token_ids)
-                c = out.outputs[0]
-                yield EngineOutput(
-                    text=c.text,
-                    new_tokens=len(c.token_ids),
-                    prompt_tokens=prompt_tokens,
-                    finished=out.finished,
-                    finish_reason=c.finish_reason,
-                    logprobs=(
-                        _logprobs(c, self._tokenizer)
-                        if request.params.logprobs is not None  # 0: the chosen token only
-                        else None
-                    ),
-                    # RequestStateStats (log_stats on): the engine core's monotonic stamp.
-                    engine_ts=getattr(getattr(out, "metrics", None), "last_token_ts", None) or None,
-                )
-        except EngineDeadError as exc:
-            raise EngineError("engine_error", "the inference engine died") from exc
-        except _request_errors() as exc:
-            # vLLM's request checks: VLLMValidationError (a prompt over the context) is a
-            # VLLMClientError, not a ValueError, in vLLM 0.32; older checks raise ValueError.
-            msg = str(exc)
-            code = (
-                "prompt_too_long"
-                if "longer than the maximum model length" in msg
-                or ("maximum context length" in msg)
-                else "invalid_request"
+                yield convert(out)
+
+    async def stream(
+        self, job_id: str, request: JobRequest, sink: Callable[[EngineOutput], None]
+    ) -> None:
+        """`generate` without a coroutine wake per step: vLLM's output handler, which puts
+        each request's output in the request's collector for its `generate()` to take,
+        calls `sink` with it instead, for every running job in one pass. Returns once the
+        request has finished; cancelling it aborts the request. (GENQ_VLLM_OUTPUT_SINK: the
+        collector is vLLM's `RequestOutputCollector`, whose `put` this replaces.)"""
+        prompt, tok_kwargs, sampling = self._request_args(request)
+        convert = _Converter(request.params.logprobs is not None, self._tokenizer)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        end_marker = _stream_finished()
+
+        def put(output: Any) -> None:  # runs inside vLLM's output handler: never raise
+            if done.done():
+                return
+            if isinstance(output, BaseException):
+                done.set_exception(output)
+                return
+            try:
+                if output is end_marker:
+                    done.set_result(None)
+                    return
+                out = convert(output)
+                sink(out)
+            except Exception as exc:
+                done.set_exception(exc)
+                return
+            if out.finished:
+                done.set_result(None)
+
+        with _engine_errors():
+            q = await self._llm.add_request(
+                job_id,
+                prompt,
+                sampling,
+                tokenization_kwargs=tok_kwargs,
+                priority=request.priority,
+                lora_request=self._loras.get(request.model or ""),
             )
-            raise EngineError(code, msg) from exc
+            try:
+                q.put = put
+                pending = q.get_nowait()  # anything put before `put` was replaced
+                if pending is not None:
+                    put(pending)
+                await done
+            except asyncio.CancelledError:
+                await self._llm.abort(job_id)
+                raise
+            finally:
+                q.close()
+
+    def _request_args(self, request: JobRequest) -> tuple[Any, dict[str, Any] | None, Any]:
+        prompt, tok_kwargs = self._prompt(request)
+        try:
+            sampling = self._sampling(request.params)
+        except Exception as exc:
+            raise EngineError("invalid_request", f"params: {exc}") from exc
+        return prompt, tok_kwargs, sampling
 
     async def abort(self, job_id: str) -> None:
         await self._llm.abort(job_id)
@@ -362,6 +389,63 @@ def _logprobs(completion: Any, tokenizer: Any) -> list[dict[str, Any]] | None:
 def _finite(logprob: float) -> float:
     # JSON has no -inf/NaN; OpenAI's (and vLLM's) stand-in for "impossible" is -9999.0.
     return logprob if logprob > -9999.0 else -9999.0
+
+
+class _Converter:
+    """vLLM RequestOutput -> EngineOutput, for one request."""
+
+    __slots__ = ("logprobs", "prompt_tokens", "tokenizer")
+
+    def __init__(self, logprobs: bool, tokenizer: Any):
+        self.logprobs = logprobs  # requested (0: the chosen token only)
+        self.tokenizer = tokenizer
+        self.prompt_tokens: int | None = None
+
+    def __call__(self, out: Any) -> EngineOutput:
+        if self.prompt_tokens is None and out.prompt_token_ids is not None:
+            self.prompt_tokens = len(out.prompt_token_ids)
+        c = out.outputs[0]
+        return EngineOutput(
+            text=c.text,
+            new_tokens=len(c.token_ids),
+            prompt_tokens=self.prompt_tokens,
+            finished=out.finished,
+            finish_reason=c.finish_reason,
+            logprobs=_logprobs(c, self.tokenizer) if self.logprobs else None,
+            # RequestStateStats (log_stats on): the engine core's monotonic stamp.
+            engine_ts=getattr(getattr(out, "metrics", None), "last_token_ts", None) or None,
+        )
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """vLLM's errors for a request as EngineErrors: the engine died, or it refused the
+    request (the code names a prompt over the context)."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        yield
+    except EngineDeadError as exc:
+        raise EngineError("engine_error", "the inference engine died") from exc
+    except _request_errors() as exc:
+        # vLLM's request checks: VLLMValidationError (a prompt over the context) is a
+        # VLLMClientError, not a ValueError, in vLLM 0.32; older checks raise ValueError.
+        msg = str(exc)
+        code = (
+            "prompt_too_long"
+            if "longer than the maximum model length" in msg or ("maximum context length" in msg)
+            else "invalid_request"
+        )
+        raise EngineError(code, msg) from exc
+
+
+def _stream_finished() -> Any:
+    """vLLM's end-of-stream marker for streaming-input requests (None where it has none)."""
+    try:
+        from vllm.outputs import STREAM_FINISHED
+    except ImportError:
+        return None
+    return STREAM_FINISHED
 
 
 def _request_errors() -> tuple[type[Exception], ...]:
