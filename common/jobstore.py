@@ -383,14 +383,9 @@ class JobStore:
         args = [
             worker_id,
             repr(time.time()),
-            keys.JOB_PREFIX,
-            keys.LOG_SUFFIX,
-            keys.TEXT_SUFFIX,
-            keys.EVENTS_PREFIX,
+            *keys.JOB_KEY_PARTS,
             payload,
             str(self.retention_s),
-            keys.RUNNING,
-            keys.QUEUED,
         ]
         out: list[Written] = []
         for x in await self._append(keys=[], args=args):

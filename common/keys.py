@@ -62,9 +62,9 @@ JOB_PREFIX = f"{PREFIX}:job:"
 LOG_SUFFIX = ":log"
 TEXT_SUFFIX = ":text"
 EVENTS_PREFIX = f"{PREFIX}:events:"
-# What a script that handles many jobs builds each job's keys from, in the Lua prelude's
-# KEYS order (claim.lua, expire.lua): record prefix, log and text suffixes, events prefix,
-# the running and queued zsets.
+# What a script that handles many jobs (append.lua, claim.lua, expire.lua) builds each job's
+# keys from, with the Lua prelude's job_keys_at, in its KEYS order: record prefix, log and
+# text suffixes, events prefix, the running and queued zsets.
 JOB_KEY_PARTS = (JOB_PREFIX, LOG_SUFFIX, TEXT_SUFFIX, EVENTS_PREFIX, RUNNING, QUEUED)
 
 

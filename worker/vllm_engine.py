@@ -281,27 +281,30 @@ class VllmEngine:
         """`generate` without a coroutine wake per step: vLLM's output handler, which puts
         each request's output in the request's collector for its `generate()` to take,
         calls `sink` with it instead, for every running job in one pass. Returns once the
-        request has finished; cancelling it aborts the request. (GENQ_VLLM_OUTPUT_SINK: the
+        request has finished; cancelling it, or `sink` raising, aborts the request (the
+        sink's error is raised as it is, not as one of vLLM's). (GENQ_VLLM_OUTPUT_SINK: the
         collector is vLLM's `RequestOutputCollector`, whose `put` this replaces.)"""
         prompt, tok_kwargs, sampling = self._request_args(request)
         convert = _Converter(request.params.logprobs is not None, self._tokenizer)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         end_marker = _stream_finished()
+        sink_error: list[Exception] = []
 
         def put(output: Any) -> None:  # runs inside vLLM's output handler: never raise
             if done.done():
                 return
-            if isinstance(output, BaseException):
+            if isinstance(output, BaseException):  # vLLM's own (propagate_error)
                 done.set_exception(output)
                 return
+            if output is end_marker:
+                done.set_result(None)
+                return
             try:
-                if output is end_marker:
-                    done.set_result(None)
-                    return
                 out = convert(output)
                 sink(out)
             except Exception as exc:
-                done.set_exception(exc)
+                sink_error.append(exc)
+                done.set_result(None)
                 return
             if out.finished:
                 done.set_result(None)
@@ -326,6 +329,9 @@ class VllmEngine:
                 raise
             finally:
                 q.close()
+        if sink_error:
+            await self._llm.abort(job_id)
+            raise sink_error[0]
 
     def _request_args(self, request: JobRequest) -> tuple[Any, dict[str, Any] | None, Any]:
         prompt, tok_kwargs = self._prompt(request)

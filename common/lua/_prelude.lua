@@ -31,3 +31,17 @@ end
 local function finish(id, status, now, retention, fields)
   finish_at(KEYS, id, status, now, retention, fields)
 end
+
+-- A job's key names in KEYS' order, for a script that handles many jobs: built from the six
+-- key-name parts common/keys.py passes it (keys.JOB_KEY_PARTS) at ARGV[i] .. ARGV[i + 5].
+local function job_keys_at(i, id)
+  local rec = ARGV[i] .. id
+  return {rec, rec .. ARGV[i + 1], rec .. ARGV[i + 2], ARGV[i + 3] .. id, ARGV[i + 4], ARGV[i + 5]}
+end
+
+-- A queued job whose queue_ttl_s has passed ends `expired`, never started (claim.lua when a
+-- worker meets it, expire.lua for a queue no worker takes from).
+local function expire_queued(k, id, now, retention)
+  finish_at(k, id, 'expired', now, retention, {'error', cjson.encode(
+    {code = 'queue_ttl', message = 'the job waited in the queue longer than its queue_ttl_s'})})
+end

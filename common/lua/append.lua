@@ -6,9 +6,10 @@
 -- 4 keys + 4 args per job spent most of its time in redis-py packing ~2,000 arguments (seen in
 -- a profile of a GPU worker at 256 jobs). Key names are built here from the prefixes that
 -- common/keys.py passes in (genq runs on a single Redis, not Redis Cluster).
--- ARGV[1] worker id; ARGV[2] now; ARGV[3] job key prefix; ARGV[4] log key suffix;
--- ARGV[5] text key suffix; ARGV[6] events channel prefix;
--- ARGV[7] JSON array of deltas [job id, text, new tokens, prompt tokens ('' = unknown),
+-- ARGV[1] worker id; ARGV[2] now; ARGV[3..8] the job key-name parts (keys.JOB_KEY_PARTS:
+-- ARGV[3] job key prefix, [4] log key suffix, [5] text key suffix, [6] events channel
+-- prefix, [7] the running zset, [8] the queued zset);
+-- ARGV[9] JSON array of deltas [job id, text, new tokens, prompt tokens ('' = unknown),
 --   the delta's per-token logprobs as a JSON array string ('' = none), the seq the writer
 --   expects this delta to get ('' = append wherever)]; the logprobs string is spliced in as
 --   is: cjson would turn an empty array into {}.
@@ -18,15 +19,14 @@
 -- returned, not appended twice. A log shorter than expected (Redis lost its tail) is appended
 -- to at its end, so seqs stay gap-free.
 -- An entry may also end its job (its 7th element: '' or [status, field, value, ...]): after
--- its delta, the job is finished as finish.lua would (ARGV[8] retention s, ARGV[9] the
--- running zset, ARGV[10] the queued zset), so the end event follows the last delta in the
--- same call. An entry with no text, tokens or logprobs only finishes. A retried finish of a
+-- its delta, the job is finished as finish.lua would (ARGV[10] retention s), so the end
+-- event follows the last delta in the same call. An entry with no text, tokens or logprobs only finishes. A retried finish of a
 -- job this worker already finished with that status counts as done.
 -- Returns, per entry, the seq of its delta (-1: refused; -2: no delta); for an entry that
 -- finishes, {seq, 'ok' | current status}.
 local worker, now = ARGV[1], ARGV[2]
 local out = {}
-for i, d in ipairs(cjson.decode(ARGV[7])) do
+for i, d in ipairs(cjson.decode(ARGV[9])) do
   local id, text, lp, want, fin = d[1], d[2], d[5], d[6], d[7]
   local rec = ARGV[3] .. id
   local log = rec .. ARGV[4]
@@ -60,8 +60,7 @@ for i, d in ipairs(cjson.decode(ARGV[7])) do
     if fin ~= '' then
       local fields = {}
       for j = 2, #fin do fields[#fields + 1] = fin[j] end
-      finish_at({rec, log, rec .. ARGV[5], ARGV[6] .. id, ARGV[9], ARGV[10]},
-        id, fin[1], now, ARGV[8], fields)
+      finish_at(job_keys_at(3, id), id, fin[1], now, ARGV[10], fields)
       out[i] = {seq, 'ok'}
     else
       out[i] = seq

@@ -5,9 +5,8 @@
 -- script calls (N encodes, N replies, N wakes) on the engine's busy loop. Key names are
 -- built here from the prefixes common/keys.py passes in (a single Redis, as append.lua).
 -- ARGV[1] worker id; ARGV[2] now; ARGV[3] max attempts; ARGV[4] retention s;
--- ARGV[5] job key prefix; ARGV[6] log key suffix; ARGV[7] text key suffix;
--- ARGV[8] events channel prefix; ARGV[9] the running zset; ARGV[10] the queued zset;
--- ARGV[11..] the job ids.
+-- ARGV[5..10] the job key-name parts (keys.JOB_KEY_PARTS: job key prefix, log and text key
+-- suffixes, events channel prefix, the running and queued zsets); ARGV[11..] the job ids.
 -- Returns, per job, {'claimed', attempts, field, value, ...} (the claimed record: the worker
 -- needs no second round trip to read it) | {'skip', status} | {'expired', ''}
 -- | {'exhausted', ''} | {'missing', ''}
@@ -15,15 +14,14 @@ local worker, now_s, max_attempts, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local now = tonumber(now_s)
 
 local function claim_one(id)
-  local rec = ARGV[5] .. id
-  local k = {rec, rec .. ARGV[6], rec .. ARGV[7], ARGV[8] .. id, ARGV[9], ARGV[10]}
+  local k = job_keys_at(5, id)
+  local rec = k[1]
   local status = redis.call('HGET', rec, 'status')
   if not status then return {'missing', ''} end
   if status ~= 'queued' then return {'skip', status} end
   local expires = redis.call('HGET', rec, 'expires_at')
   if expires and expires ~= '' and now > tonumber(expires) then
-    finish_at(k, id, 'expired', now_s, retention, {'error', cjson.encode(
-      {code = 'queue_ttl', message = 'the job waited in the queue longer than its queue_ttl_s'})})
+    expire_queued(k, id, now_s, retention)
     return {'expired', ''}
   end
   local attempts = redis.call('HINCRBY', rec, 'attempts', 1)
