@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import statistics
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,10 +26,14 @@ _GAUGE = re.compile(r'^genq_worker_engine_requests\{[^}]*state="(running|waiting
 _LAG = re.compile(r"^genq_worker_engine_output_lag_seconds_(sum|count)\{[^}]*\} (\S+)$")
 
 
+def _zero() -> dict[str, float]:
+    return dict.fromkeys(("running", "waiting", "lag_sum", "lag_count"), 0.0)
+
+
 def parse_engine_requests(metrics_text: str) -> dict[str, float]:
     """running / waiting requests from a worker's Prometheus text (summed over labels), and
     its output lag histogram's sum and count (`lag_sum`, `lag_count`)."""
-    out = {"running": 0.0, "waiting": 0.0, "lag_sum": 0.0, "lag_count": 0.0}
+    out = _zero()
     for line in metrics_text.splitlines():
         m = _GAUGE.match(line)
         if m:
@@ -44,7 +49,7 @@ def scrape_workers(session: Any, ports: list[int]) -> Fetch:
     """A Fetch that sums the engine gauges of the workers whose health ports are given."""
 
     async def fetch() -> dict[str, float]:
-        total = {"running": 0.0, "waiting": 0.0, "lag_sum": 0.0, "lag_count": 0.0}
+        total = _zero()
         for port in ports:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
                 got = parse_engine_requests(await r.text())
@@ -63,17 +68,21 @@ class EngineSampler:
         self._fetch = fetch
         self._interval = interval
         self._samples: list[dict[str, float]] = []
+        self._span = (0.0, 0.0)  # monotonic time of the first and the last sample
         self._task: asyncio.Task[None] | None = None
         self.errors = 0
 
     def start(self) -> None:
         self._samples = []
+        self._span = (0.0, 0.0)
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
             try:
                 self._samples.append(await self._fetch())
+                now = time.monotonic()
+                self._span = (self._span[0] or now, now)
             except Exception:  # a missed sample (a worker restarting) is not the run's failure
                 self.errors += 1
             await asyncio.sleep(self._interval)
@@ -102,6 +111,8 @@ class EngineSampler:
             # every sample in order, the fill and drain too: where the batch emptied, and
             # whether it did so in waves (jobs of equal length end together)
             "interval_s": self._interval,
+            # the samples' real spacing is span / (count - 1): each fetch adds its own time
+            "series_span_s": round(self._span[1] - self._span[0], 3),
             "running_series": [int(s["running"]) for s in self._samples],
             "waiting_series": [int(s["waiting"]) for s in self._samples],
             "samples": len(body),

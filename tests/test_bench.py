@@ -399,4 +399,5 @@ def test_the_engine_sampler_reports_the_runs_output_lag() -> None:
 
     got = asyncio.run(go())
     assert got["running_series"] == [4, 3, 2] and got["waiting_series"] == [0, 1, 0]
+    assert got["series_span_s"] >= 2 * 0.001  # three samples, at least an interval apart
     assert got["output_lag_ms_mean"] == pytest.approx(50.0)  # 1.0 s over 20 jobs
