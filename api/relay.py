@@ -30,6 +30,11 @@ from common.jobstore import JobStore, redis_from_url
 from common.models import JobRecord
 from common.states import TERMINAL
 
+try:  # the sentinel redis-py's hiredis parser gives its Reader for "no whole reply yet"
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # pragma: no cover - another redis-py layout: one reply per read
+    _NOT_ENOUGH_DATA = None
+
 log = logging.getLogger("genq.api.relay")
 
 
@@ -79,6 +84,9 @@ class _Mailbox:
 
     def put(self, ev: Any) -> None:
         self.items.append(ev)
+        self.wake()
+
+    def wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -95,12 +103,32 @@ class _Mailbox:
         return items
 
 
+class LiveWriter:
+    """Where a stream lets the relay's reader write its live deltas itself.
+
+    A stream that sets `write` (EventStreamResponse does, for the native event streams) gets
+    its live deltas written by the reader while the stream waits for events: no wake-up of
+    the stream's task, no pass through its generators, per delta. `write(events)` frames and
+    sends them without waiting and says whether it did; when it cannot (the client's socket
+    is full, the send failed) the events stay queued and the stream's task sends them, as it
+    sends everything else: the replay, keep-alives, the end of the job."""
+
+    __slots__ = ("write",)
+
+    def __init__(self) -> None:
+        self.write: Callable[[list[DeltaEvent]], bool] | None = None
+
+
 @dataclass(eq=False)
 class _Listener:
     box: _Mailbox
     overflowed: bool = False
     want_deltas: bool = True
     received: int = 0  # events put so far (the keep-alive timer compares it)
+    last: int = -1  # the seq of the last delta handed to the stream
+    live: LiveWriter | None = None
+    parked: bool = False  # the stream waits for events: nothing of it is being sent
+    dirty: bool = False  # holds deltas for the reader's next flush
 
 
 @dataclass
@@ -154,12 +182,14 @@ class StreamRelay:
         self.ping_s = ping_s
         self._heard = False  # any message since the watchdog last looked
         self._ending: set[asyncio.Task[None]] = set()  # terminal records being fetched
+        self._dirty: list[_Listener] = []  # parked live listeners with deltas to write
         self._channels: dict[str, _Channel] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.connected = False
         self.relayed = 0
+        self.written_live = 0  # deltas the reader wrote to streams itself (LiveWriter)
         self.dropped_slow = 0
         # Metrics hook: called once per job whose terminal event this process relays live,
         # with the arrival time of its first delta (None if it arrived before we listened).
@@ -220,7 +250,11 @@ class StreamRelay:
         `get_message(timeout=...)` arms and cancels a timer, runs a retry wrapper and builds
         a dict for every message, which a profile put at ~30% of the API's CPU when it
         relayed 12k deltas/s. Silence is watched once per `ping_s` by `_watchdog` instead.
-        (The client speaks RESP2, see `relay_client`: a message is a plain 3-array.)"""
+        (The client speaks RESP2, see `relay_client`: a message is a plain 3-array.)
+
+        After each read, the messages that came in the same socket read are taken straight
+        from the parser's buffer (`_buffered`): one worker step publishes hundreds of deltas
+        at once, and each `read_response` is three coroutines deep."""
         conn = pubsub.connection
         watchdog = asyncio.create_task(self._watchdog(pubsub), name="genq-relay-watchdog")
         channels = self._channels
@@ -228,29 +262,39 @@ class StreamRelay:
             while True:
                 resp = await conn.read_response()
                 self._heard = True
-                if type(resp) is list and len(resp) == 3 and resp[0] == b"message":
-                    channel = resp[1].decode()
-                    ch = channels.get(channel)
-                    if ch is None:
-                        continue
-                    data = resp[2].decode()
-                    if data.startswith('{"end"'):
-                        # Fetching the record is a round trip: off the reader's path, so
-                        # the other streams' deltas do not queue behind it. The job's
-                        # deltas were all queued before this message; none follow it.
-                        task = asyncio.create_task(self._relay_end(channel, ch))
-                        self._ending.add(task)
-                        task.add_done_callback(self._ending.discard)
+                buffered = _buffered(conn)
+                while True:
+                    if type(resp) is list and len(resp) == 3 and resp[0] == b"message":
+                        self._relay_message(channels, resp[1].decode(), resp[2].decode())
                     else:
-                        self._relay_delta(ch, data)
-                    continue
-                msg = await pubsub.handle_message(resp, ignore_subscribe_messages=False)
-                if msg is not None and msg["type"] == "subscribe":
-                    ch = channels.get(msg["channel"].decode())
-                    if ch is not None:
-                        ch.confirmed.set()
+                        if isinstance(resp, Exception):
+                            raise resp
+                        msg = await pubsub.handle_message(resp, ignore_subscribe_messages=False)
+                        if msg is not None and msg["type"] == "subscribe":
+                            ch = channels.get(msg["channel"].decode())
+                            if ch is not None:
+                                ch.confirmed.set()
+                    if buffered is None:
+                        break
+                    resp = buffered()
+                    if resp is _NOT_ENOUGH_DATA:
+                        break
         finally:
             watchdog.cancel()
+
+    def _relay_message(self, channels: dict[str, _Channel], channel: str, data: str) -> None:
+        ch = channels.get(channel)
+        if ch is None:
+            return
+        if data.startswith('{"end"'):
+            # Fetching the record is a round trip: off the reader's path, so the other
+            # streams' deltas do not queue behind it. The job's deltas were all queued
+            # before this message; none follow it.
+            task = asyncio.create_task(self._relay_end(channel, ch))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+        else:
+            self._relay_delta(ch, data)
 
     async def _watchdog(self, pubsub: Any) -> None:
         """A PING after each `ping_s` without a message (its reply comes back through the
@@ -299,7 +343,17 @@ class StreamRelay:
             return
         lst.received += 1
         if not lst.box.full():
-            lst.box.put(ev)
+            if lst.parked and type(ev) is DeltaEvent and lst.live and lst.live.write:
+                # Written by `_flush` once this read's messages are all in: a step's deltas
+                # for one stream still go out as one write. The stream's task sleeps on.
+                lst.box.items.append(ev)
+                if not lst.dirty:
+                    lst.dirty = True
+                    if not self._dirty:
+                        asyncio.get_running_loop().call_soon(self._flush)
+                    self._dirty.append(lst)
+            else:
+                lst.box.put(ev)
         else:
             lst.overflowed = True
             self.dropped_slow += 1
@@ -308,6 +362,35 @@ class StreamRelay:
             lst.box.put(
                 RelayError("slow_consumer", "client too slow; reconnect with Last-Event-ID")
             )
+
+    def _flush(self) -> None:
+        """Write the queued live deltas of each parked stream with a LiveWriter. Runs once the
+        reader has taken every message of its last socket read and waits for more (it is
+        scheduled with call_soon, and the reader does not yield while messages are
+        buffered). Only the deltas at the front of a mailbox are written: whatever came
+        after them (an end, an error, a keep-alive) woke the stream's task, which sends it."""
+        dirty, self._dirty = self._dirty, []
+        for lst in dirty:
+            lst.dirty = False
+            items = lst.box.items
+            write = lst.live.write if lst.live else None
+            if not lst.parked or not items or write is None:
+                continue  # its task took them (it was woken: an end, an error, an Idle)
+            n = 0
+            batch: list[DeltaEvent] = []
+            for ev in items:
+                if type(ev) is not DeltaEvent:
+                    break
+                n += 1
+                if ev.seq > lst.last:
+                    batch.append(ev)
+            if batch:
+                if not write(batch):
+                    lst.box.wake()  # the stream's task sends them, waiting as it must
+                    continue
+                lst.last = batch[-1].seq
+                self.written_live += len(batch)
+            del items[:n]
 
     # -- listeners --------------------------------------------------------------------------
 
@@ -363,14 +446,16 @@ class StreamRelay:
         deltas: bool = True,
         confirm_timeout: float = 5,
         idle_s: float | None = None,
+        live: LiveWriter | None = None,
     ) -> AsyncIterator[list[StreamEvent] | Idle]:
         """`listen`'s events, in order, as batches: each batch is everything that had arrived
         by the time the stream was ready for more, so a stream that falls behind catches up
         in one write instead of one per delta (the replay of a reconnect is one batch). An
         Idle after each `idle_s` without events, when given. (The wait is a timeout on the
         listener's own mailbox: no task per event, which an outer timeout would need, since
-        cancelling this generator mid-wait would end it.)"""
-        lst = _Listener(_Mailbox(self.queue_size), want_deltas=deltas)
+        cancelling this generator mid-wait would end it.) With `live` (see LiveWriter), the
+        live deltas that the reader could write itself are not yielded here."""
+        lst = _Listener(_Mailbox(self.queue_size), want_deltas=deltas, last=after_seq, live=live)
         keepalive: _KeepAlive | None = None
         ch = await self._add(job_id, lst)
         try:
@@ -385,13 +470,12 @@ class StreamRelay:
             pipe.lrange(keys.job_log(job_id), after_seq + 1 if deltas else -1, -1)
             pipe.hget(keys.job(job_id), "status")
             backlog, status = await pipe.execute()
-            last = after_seq
             replay: list[StreamEvent] = []
             if deltas:
                 for raw in backlog:
                     text = raw.decode()
-                    last = _seq_of(text)
-                    replay.append(DeltaEvent(last, text))
+                    lst.last = _seq_of(text)
+                    replay.append(DeltaEvent(lst.last, text))
             if status is not None and status.decode() in TERMINAL:
                 record = await self.store.get(job_id, with_request=False)
                 if record is not None:
@@ -405,7 +489,11 @@ class StreamRelay:
             if idle_s:
                 keepalive = _KeepAlive(lst, idle_s)
             while True:
-                events = await box.take()
+                lst.parked = True
+                try:
+                    events = await box.take()
+                finally:
+                    lst.parked = False
                 if len(events) == 1 and events[0] is _IDLE:
                     yield _IDLE
                     continue
@@ -413,8 +501,8 @@ class StreamRelay:
                 ended = False
                 for ev in events:
                     if isinstance(ev, DeltaEvent):
-                        if ev.seq > last:
-                            last = ev.seq
+                        if ev.seq > lst.last:
+                            lst.last = ev.seq
                             batch.append(ev)
                     elif ev is not _IDLE:  # an Idle among events is stale: dropped
                         batch.append(ev)
@@ -428,6 +516,18 @@ class StreamRelay:
             if keepalive is not None:
                 keepalive.cancel()
             await self._remove(job_id, lst)
+
+
+def _buffered(conn: Any) -> Callable[[], Any] | None:
+    """The connection's parser's next already-read reply, without waiting: hiredis's
+    `Reader.gets` (it returns _NOT_ENOUGH_DATA when the buffer holds no whole reply).
+    None when redis-py parses in Python; the reader then reads one reply per call."""
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if _NOT_ENOUGH_DATA is None or not getattr(parser, "_connected", False):
+        return None
+    gets = getattr(reader, "gets", None)
+    return gets if callable(gets) else None
 
 
 _SEQ = re.compile(r'"seq":(-?\d+)')

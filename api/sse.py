@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .relay import DeltaEvent, EndEvent, Idle, RelayError, StreamEvent
+from .relay import DeltaEvent, EndEvent, Idle, LiveWriter, RelayError, StreamEvent
+
+log = logging.getLogger("genq.api.sse")
 
 SSE_MEDIA = "text/event-stream"
 NDJSON_MEDIA = "application/x-ndjson"
@@ -54,6 +59,103 @@ async def encode(
         yield "".join(map(fmt, batch))
 
 
+class FramedEvents:
+    """A relayed job's events framed for the wire (`encode`), as an async iterator of chunks
+    that any response can send; and, for `EventStreamResponse`, the relay's live path: given
+    a send that does not wait (`NonBlockingSend`), the relay's reader frames and writes the
+    stream's live deltas itself (see relay.LiveWriter)."""
+
+    def __init__(
+        self, batches: AsyncIterator[list[StreamEvent] | Idle], ndjson: bool, live: LiveWriter
+    ):
+        self._chunks = encode(batches, ndjson)
+        self._fmt = ndjson_line if ndjson else sse_frame
+        self._live = live
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._chunks
+
+    def send_live_with(self, send_chunk: Callable[[bytes], bool]) -> None:
+        fmt = self._fmt
+
+        def write(events: list[DeltaEvent]) -> bool:
+            return send_chunk("".join(map(fmt, events)).encode())
+
+        self._live.write = write
+
+
+class NonBlockingSend:
+    """Sends body chunks from synchronous code (the relay's reader) through an ASGI send.
+
+    `write` runs the send coroutine one step. uvicorn's send writes to the socket and
+    returns at once, unless the client's socket buffer is full: then it first waits for it
+    to drain, and that wait (and the write after it) goes on in a task, `pending`, as an
+    `await` would; the chunk is sent in order all the same. While a send is pending, `write`
+    says False and the stream's own task sends its next chunk after `settle()`. A send that
+    raises says False too, and is not tried again here: the stream's task meets the error
+    in its own send."""
+
+    __slots__ = ("_send", "failed", "pending")
+
+    def __init__(self, send: Send):
+        self._send = send
+        self.pending: asyncio.Task[None] | None = None
+        self.failed = False
+
+    def write(self, chunk: bytes) -> bool:
+        if self.failed or (self.pending is not None and not self.pending.done()):
+            return False
+        aw = self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        steps = aw.__await__()  # what `await` drives: any awaitable, a coroutine or not
+        try:
+            waiting_on = steps.send(None)
+        except StopIteration:
+            return True
+        except Exception:
+            self.failed = True
+            return False
+        self.pending = asyncio.ensure_future(_finish(steps, waiting_on))
+        self.pending.add_done_callback(_retrieve)
+        return True
+
+    async def settle(self) -> None:
+        """Wait for a pending send, so that the next chunk goes out after it."""
+        if self.pending is not None:
+            try:
+                await self.pending
+            finally:
+                self.pending = None
+
+
+async def _finish(steps: Generator[Any, None, Any], waiting_on: Any) -> None:
+    """Run an awaitable that already took one step (and now waits on `waiting_on`, what it
+    yielded) to its end, as asyncio's Task would."""
+    while True:
+        exc: BaseException | None = None
+        try:
+            if waiting_on is None:  # a bare yield: asyncio.sleep(0)
+                await asyncio.sleep(0)
+            else:
+                # What a Task does with a yielded future: it was marked as waited on when
+                # it was yielded, and awaiting it again needs the mark cleared.
+                waiting_on._asyncio_future_blocking = False
+                await waiting_on
+        except asyncio.CancelledError:
+            steps.close()
+            raise
+        except BaseException as e:
+            exc = e
+        try:
+            waiting_on = steps.throw(exc) if exc is not None else steps.send(None)
+        except StopIteration:
+            return
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a stream's pending send failed: %r", task.exception())
+
+
 # The scope key under which `StreamBodySend` leaves the send callable it was given.
 BODY_SEND_KEY = "genq.body_send"
 
@@ -93,8 +195,16 @@ class EventStreamResponse(StreamingResponse):
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         body_send = self._body_send or send
+        live: NonBlockingSend | None = None
+        if self._body_send is not None and isinstance(self.body_iterator, FramedEvents):
+            live = NonBlockingSend(self._body_send)
+            self.body_iterator.send_live_with(live.write)
         async for chunk in self.body_iterator:
             if not isinstance(chunk, bytes | memoryview):
                 chunk = chunk.encode(self.charset)
+            if live is not None:
+                await live.settle()
             await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if live is not None:
+            await live.settle()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

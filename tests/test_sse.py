@@ -228,3 +228,155 @@ def test_stream_chunks_skip_the_middleware_send_wrappers() -> None:
     chain.clear()
     asyncio.run(run({"type": "http", "asgi": asgi}))
     assert not direct and len(chain) == 4
+
+
+def _stream_of(relay: StreamRelay, jid: str, after_seq: int = -1) -> Any:
+    from api.relay import LiveWriter
+    from api.sse import SSE_MEDIA, EventStreamResponse, FramedEvents
+
+    live = LiveWriter()
+    events = relay.listen_batches(jid, after_seq=after_seq, live=live)
+    return EventStreamResponse(FramedEvents(events, False, live), media_type=SSE_MEDIA)
+
+
+def _frames(chunks: list[bytes]) -> list[tuple[str, str | None]]:
+    """(event, id) of each SSE frame in the body."""
+    out = []
+    for frame in b"".join(chunks).decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in frame.splitlines() if ": " in line)
+        if "event" in fields:
+            out.append((fields["event"], fields.get("id")))
+    return out
+
+
+def test_live_deltas_are_written_by_the_relay_in_order_around_a_send_that_waits(
+    redis_server: Any,
+) -> None:
+    """A native event stream's live deltas are written by the relay's reader itself
+    (relay.LiveWriter): the stream's task is not woken per delta. A send that has to wait
+    (uvicorn's, while a slow client's socket buffer is full) finishes in order before
+    anything else is sent; what arrives meanwhile goes out through the stream's task. Every
+    delta arrives once, in order, then `done`."""
+    from api.sse import BODY_SEND_KEY
+    from common.states import JobStatus
+
+    async def go() -> tuple[list[bytes], list[dict[str, Any]], int, int]:
+        async with _relay(redis_server.url) as (store, relay):
+            jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            assert (await store.claim(jid, "w")).outcome == "claimed"
+            await store.append_deltas("w", [PendingDelta(jid, "r", 1, 1)])  # replayed
+            body: list[bytes] = []
+            chain: list[dict[str, Any]] = []
+            gate = asyncio.Event()
+            waited = 0
+
+            async def body_send(msg: Any) -> None:
+                nonlocal waited
+                if len(body) == 3 and not gate.is_set():  # the 4th chunk waits
+                    waited += 1
+                    await gate.wait()
+                body.append(msg["body"])
+
+            async def chain_send(msg: Any) -> None:
+                chain.append(msg)
+
+            async def receive() -> Any:
+                await asyncio.sleep(3600)
+
+            scope = {"type": "http", "asgi": {"spec_version": "2.3"}, BODY_SEND_KEY: body_send}
+            response = asyncio.create_task(_stream_of(relay, jid)(scope, receive, chain_send))
+            await asyncio.sleep(0.3)  # subscribed, replayed seq 0, parked
+            for i in range(1, 21):
+                await store.append_deltas("w", [PendingDelta(jid, str(i), 1, 1)])
+                await asyncio.sleep(0.01)
+                if i == 10:
+                    gate.set()
+            await store.finish(jid, JobStatus.SUCCEEDED, worker_id="w", finish_reason="stop")
+            await asyncio.wait_for(response, 5)
+            return body, chain, relay.written_live, waited
+
+    body, chain, written_live, waited = asyncio.run(go())
+    frames = _frames(body)
+    assert frames == [("delta", str(i)) for i in range(21)] + [("done", None)]
+    assert waited == 1
+    # Seq 0 was replayed and the end came through the stream's task; of the 20 live deltas,
+    # most were written by the reader (the ones that arrived while the 4th chunk waited
+    # went through the task).
+    assert written_live >= 12
+    assert chain[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def test_a_live_write_refused_leaves_the_deltas_to_the_stream(redis_server: Any) -> None:
+    """When the live writer cannot send (it says False), the deltas stay queued and the
+    stream's task yields them, in order, with nothing lost or doubled."""
+    from api.relay import LiveWriter
+
+    async def go() -> tuple[list[int], int, int]:
+        async with _relay(redis_server.url) as (store, relay):
+            jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+            assert (await store.claim(jid, "w")).outcome == "claimed"
+            live = LiveWriter()
+            written: list[int] = []
+            refusals = 0
+
+            def write(events: list[DeltaEvent]) -> bool:
+                nonlocal refusals
+                if events[0].seq % 2:  # odd: refuse
+                    refusals += 1
+                    return False
+                written.extend(e.seq for e in events)
+                return True
+
+            live.write = write
+            batches = relay.listen_batches(jid, live=live)
+            yielded: list[int] = []
+
+            async def follow() -> None:
+                async for batch in batches:
+                    assert isinstance(batch, list)
+                    yielded.extend(e.seq for e in batch if isinstance(e, DeltaEvent))
+                    if len(written) + len(yielded) >= 10:
+                        return
+
+            follower = asyncio.create_task(follow())
+            await asyncio.sleep(0.3)
+            for i in range(10):
+                await store.append_deltas("w", [PendingDelta(jid, str(i), 1, 1)])
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(follower, 5)
+            await batches.aclose()
+            return sorted(written + yielded), refusals, relay.written_live
+
+    seqs, refusals, written_live = asyncio.run(go())
+    assert seqs == list(range(10))
+    assert refusals == 5 and written_live == 5
+
+
+def test_non_blocking_send_finishes_a_waiting_send_in_order() -> None:
+    """NonBlockingSend.write runs the ASGI send one step: a send that returns at once is
+    done; one that waits goes on as `pending` (its chunk still sent, in order), and until it
+    is done further writes are refused; a send that raises is refused and not tried again."""
+    from api.sse import NonBlockingSend
+
+    async def go() -> tuple[list[bytes], list[bool], bool]:
+        sent: list[bytes] = []
+        gate = asyncio.Event()
+
+        async def send(msg: Any) -> None:
+            if msg["body"] == b"b":
+                await gate.wait()
+            if msg["body"] == b"boom":
+                raise OSError("gone")
+            sent.append(msg["body"])
+
+        nb = NonBlockingSend(send)
+        said = [nb.write(b"a"), nb.write(b"b"), nb.write(b"c")]
+        gate.set()
+        await nb.settle()
+        said += [nb.write(b"d"), nb.write(b"boom"), nb.write(b"e")]
+        return sent, said, nb.failed
+
+    sent, said, failed = asyncio.run(go())
+    assert sent == [b"a", b"b", b"d"]
+    assert said == [True, True, False, True, False, False]
+    assert failed

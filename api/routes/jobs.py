@@ -21,8 +21,8 @@ from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreD
 from ..enqueue import Enqueuer
 from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
-from ..relay import StreamRelay
-from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, encode
+from ..relay import LiveWriter, StreamRelay
+from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, FramedEvents
 from ..webhook_targets import check_submitted
 
 log = logging.getLogger("genq.api")
@@ -255,9 +255,10 @@ def event_stream(
     """The job's events after `after_seq`, as SSE or (Accept: application/x-ndjson) NDJSON."""
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
     keepalive_s = None if ndjson else request.app.state.settings.sse_keepalive_s
-    events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s)
+    live = LiveWriter()
+    events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s, live=live)
     return EventStreamResponse(
-        encode(events, ndjson),
+        FramedEvents(events, ndjson, live),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-genq-job-id": job_id},
     )
