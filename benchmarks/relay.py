@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -153,24 +155,14 @@ async def phase_streams(
     }
 
 
-async def phase_relay(
-    session: aiohttp.ClientSession,
-    base: str,
-    model: str,
-    clients: int,
-    tokens: int,
-    api_pid: int,
-) -> dict:
-    """`clients` jobs, each followed by one SSE client; added latency from the engine's stamps
-    of the deltas that reached a stream live (emitted after it opened)."""
-    ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(clients)))
+async def follow_streams(session: aiohttp.ClientSession, base: str, ids: list[str]) -> dict:
+    """One SSE client per job id, in this process: what each live delta's latency was."""
     lat: list[float] = []
     stamped: list[tuple[float, float]] = []  # (engine emit time, latency) of each live delta
     opened_at: list[float] = []
     events = replayed = 0
     errors: list[str] = []
     span = [float("inf"), 0.0]  # first and last delta seen by any client
-    rss_peak = 0.0
 
     async def follow(jid: str) -> None:
         nonlocal events, replayed
@@ -199,6 +191,66 @@ async def phase_relay(
                 else:
                     return
 
+    cpu0 = time.process_time()
+    await asyncio.gather(*(follow(j) for j in ids))
+    return {
+        "lat": lat,
+        "stamped": stamped,
+        "opened_at": opened_at,
+        "events": events,
+        "replayed": replayed,
+        "errors": errors,
+        "span": span,
+        "cpu_s": time.process_time() - cpu0,
+    }
+
+
+def _follow_in_process(base: str, ids: list[str]) -> dict:
+    """`follow_streams` in a client process of its own (see `--client-procs`)."""
+
+    async def go() -> dict:
+        conn = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+            return await follow_streams(session, base, ids)
+
+    try:
+        import uvloop
+
+        return uvloop.run(go())
+    except ImportError:
+        return asyncio.run(go())
+
+
+def _merge(parts: list[dict]) -> dict:
+    out: dict[str, Any] = {k: [] for k in ("lat", "stamped", "opened_at", "errors")}
+    for part in parts:
+        for k in out:
+            out[k] += part[k]
+    out["events"] = sum(p["events"] for p in parts)
+    out["replayed"] = sum(p["replayed"] for p in parts)
+    out["span"] = [min(p["span"][0] for p in parts), max(p["span"][1] for p in parts)]
+    out["cpu_s"] = [p["cpu_s"] for p in parts]
+    return out
+
+
+async def phase_relay(
+    session: aiohttp.ClientSession,
+    base: str,
+    model: str,
+    clients: int,
+    tokens: int,
+    api_pid: int,
+    pool: ProcessPoolExecutor | None = None,
+    procs: int = 1,
+) -> dict:
+    """`clients` jobs, each followed by one SSE client; added latency from the engine's stamps
+    of the deltas that reached a stream live (emitted after it opened). With a `pool`, the
+    clients are spread over `procs` client processes: the client's own parsing then adds
+    no queueing of its own to what it measures (each process's CPU is reported)."""
+    ids = await asyncio.gather(*(submit(session, base, model, tokens) for _ in range(clients)))
+    rss_peak = 0.0
+
     async def sample() -> None:
         nonlocal rss_peak
         while True:
@@ -209,11 +261,25 @@ async def phase_relay(
     cpu0 = cpu_s(api_pid)
     t0 = time.perf_counter()
     try:
-        await asyncio.gather(*(follow(j) for j in ids))
+        if pool is None or procs <= 1:
+            got = _merge([await follow_streams(session, base, list(ids))])
+        else:
+            loop = asyncio.get_running_loop()
+            shares = [list(ids[i::procs]) for i in range(procs)]
+            got = _merge(
+                await asyncio.gather(
+                    *(
+                        loop.run_in_executor(pool, _follow_in_process, base, share)
+                        for share in shares
+                    )
+                )
+            )
     finally:
         sampler.cancel()
     dt = time.perf_counter() - t0
     api_cpu = cpu_s(api_pid) - cpu0
+    lat, stamped, opened_at, events = got["lat"], got["stamped"], got["opened_at"], got["events"]
+    errors, span = got["errors"], got["span"]
     records = await wait_jobs(session, base, list(ids))
     toks = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in records)
     span_s = span[1] - span[0] if events > 1 else dt
@@ -224,10 +290,12 @@ async def phase_relay(
     steady = [x for t, x in stamped if t >= all_open]
     return {
         "sse_clients": clients,
+        "client_procs": max(1, procs if pool is not None else 1),
+        "client_cpu_pct": [round(100 * c / dt, 1) for c in got["cpu_s"]],
         "tokens_per_job": tokens,
         "seconds": dt,
         "delta_events": events,
-        "replayed_deltas": replayed,
+        "replayed_deltas": got["replayed"],
         "deltas_per_s": events / span_s if span_s > 0 else 0.0,
         "tokens_per_s": toks / span_s if span_s > 0 else 0.0,
         "p50_added_latency_ms": percentile(lat, 50) * 1000,
@@ -310,6 +378,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["GENQ_MODELS"] = json.dumps([QUEUE_ONLY])
     stack = LaunchedStack(worker_args, Path(args.state_dir), None)
     out: dict[str, Any] = {}
+    pool = None
+    if args.client_procs > 1:
+        pool = ProcessPoolExecutor(args.client_procs, mp_context=mp.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        # Started (and importing) now, not while the relay phase's jobs already stream.
+        await asyncio.gather(
+            *(loop.run_in_executor(pool, time.sleep, 0.5) for _ in range(args.client_procs))
+        )
     try:
         await stack.wait_ready("sim", 120)
         base = stack.base_url
@@ -324,7 +400,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"publish: {pub}", file=sys.stderr)
             if args.publish_only:
                 return out
-            rel = await phase_relay(s, base, "sim", args.clients, args.tokens, stack.api.pid)
+            rel = await phase_relay(
+                s, base, "sim", args.clients, args.tokens, stack.api.pid, pool, args.client_procs
+            )
             out["relay"] = rel
             print(f"relay: {rel}", file=sys.stderr)
             enq = await phase_enqueue(s, base, args.enqueue_jobs, 64)
@@ -341,6 +419,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"streams: {streams}", file=sys.stderr)
     finally:
         stack.stop()
+        if pool is not None:
+            pool.shutdown()
     return out
 
 
@@ -350,6 +430,7 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
         "deltas_per_s": round(r["deltas_per_s"]),
         "relay_tokens_per_s": round(r["tokens_per_s"]),
         "sse_clients": r["sse_clients"],
+        "client_procs": r["client_procs"],
         "p50_added_latency_ms": round(r["p50_added_latency_ms"], 2),
         "p99_added_latency_ms": round(r["p99_added_latency_ms"], 2),
         "p99_added_latency_ms_all_open": round(r["p99_added_latency_ms_all_open"], 2),
@@ -374,6 +455,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--publish-jobs", type=int, default=500)
     p.add_argument("--enqueue-jobs", type=int, default=2000)
     p.add_argument("--streams", type=int, default=1000, help="open streams for the RSS phase")
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=max(1, min(4, (os.cpu_count() or 1) // 4)),
+        help="client processes the relay phase's SSE clients are spread over (default: a "
+        "quarter of the cores, 1 to 4). One process parses every stream's deltas in turn, so "
+        "the last streams of a step wait for it: several keep that out of the latency",
+    )
     p.add_argument("--state-dir", default=".genq/bench-relay")
     p.add_argument(
         "--publish-only",

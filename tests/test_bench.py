@@ -334,14 +334,15 @@ def test_pairs_summarise_repeated_genq_direct_runs(tmp_path: Path, capsys) -> No
 def test_relay_benchmark_small_run_prints_its_final_line(tmp_path: Path) -> None:
     """`make bench`'s benchmark end to end at a small size: the final JSON line has the keys
     the issue names, and the relay's live deltas split into the opening burst and the steady
-    state with every stream open."""
+    state with every stream open. Its clients run in two processes (`--client-procs`), whose
+    deltas add up with the others'."""
     import subprocess
     import sys
 
     out = tmp_path / "relay.json"
     cmd = [sys.executable, "-m", "benchmarks.relay", "--clients", "20", "--tokens", "30"]
     cmd += ["--publish-jobs", "20", "--enqueue-jobs", "50", "--streams", "30"]
-    cmd += ["--state-dir", str(tmp_path / "state"), "--out", str(out)]
+    cmd += ["--client-procs", "2", "--state-dir", str(tmp_path / "state"), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -350,6 +351,8 @@ def test_relay_benchmark_small_run_prints_its_final_line(tmp_path: Path) -> None
     assert line["sse_clients"] == 20 and line["open_streams"] == 30
     relay = json.loads(out.read_text())["relay"]
     assert relay["succeeded"] == 20 and relay["stream_errors"] == 0
+    assert relay["client_procs"] == 2 and len(relay["client_cpu_pct"]) == 2
+    assert all(pct > 0 for pct in relay["client_cpu_pct"])  # both followed streams
     live = relay["opening_deltas"] + relay["steady_deltas"]
     assert live + relay["replayed_deltas"] <= relay["delta_events"]
     assert relay["steady_deltas"] > 0
