@@ -51,10 +51,11 @@ class Settings(BaseSettings):
         "often (common/gc_tuning.py): full collections stalled every stream ~0.1 s",
     )
     vllm_output_sink: bool = Field(
-        False,
-        description="Experimental: vLLM's output handler hands each step's outputs to the "
-        "worker's publisher directly, instead of waking one coroutine per running job per "
-        "step (worker/vllm_engine.py VllmEngine.stream)",
+        True,
+        description="vLLM's output handler hands each step's outputs to the worker's "
+        "publisher directly, instead of waking one coroutine per running job per step "
+        "(worker/vllm_engine.py VllmEngine.stream; false: through generate(), as before). "
+        "H200, 0.5B at 256: the worker's output lag 4.8-6.5 ms, against 9.8-24.4 without",
     )
     fast_enqueue: bool = Field(
         True, description="LPUSH Celery's message directly (false: Celery send_task)"

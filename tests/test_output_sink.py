@@ -37,7 +37,9 @@ def test_the_output_sink_streams_what_generate_streams(redis_server: Any) -> Non
     from worker.main import build_engine, build_parser
 
     engine = build_engine(build_parser().parse_args(["--max-num-seqs", "8"]))
-    settings = Settings(redis_url=redis_server.url, vllm_output_sink=True)
+    settings = Settings(redis_url=redis_server.url)
+    assert settings.vllm_output_sink  # the default since it was measured on a GPU
+    assert engine.can_stream_to_sink  # this vLLM's request collector takes a sink
     host = EngineHost(engine, settings, worker_id="w-sink")
     host.start()
     try:
@@ -111,6 +113,7 @@ def test_the_output_sink_streams_what_generate_streams(redis_server: Any) -> Non
         def no_generate(*args: Any) -> Any:
             raise AssertionError("the host iterated generate() with the sink on")
 
+        real_generate = engine.generate
         engine.generate = no_generate
 
         async def job() -> tuple[str, Any, int]:
@@ -123,5 +126,15 @@ def test_the_output_sink_streams_what_generate_streams(redis_server: Any) -> Non
         outcome, rec, deltas = host.call(job())
         assert outcome == "succeeded" and rec.usage.completion_tokens == 8 and rec.text
         assert deltas >= 1 and rec.engine_done_at is not None
+
+        # a vLLM whose collector takes no sink: the host streams through generate()
+        def no_stream(*args: Any) -> Any:
+            raise AssertionError("the host used stream() on an engine that cannot")
+
+        engine.generate = real_generate
+        engine.stream = no_stream
+        engine.can_stream_to_sink = False
+        outcome, rec, deltas = host.call(job())
+        assert outcome == "succeeded" and rec.usage.completion_tokens == 8 and deltas >= 1
     finally:
         host.shutdown()

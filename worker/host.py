@@ -286,7 +286,9 @@ class EngineHost:
         timeout = request.timeout_s
         progress = _Progress(job_id, record.model, self.publisher)
         log.info("job %s started (attempt %d) %s", job_id, record.attempts, request.summary())
-        stream = getattr(self.engine, "stream", None) if self.settings.vllm_output_sink else None
+        stream = None
+        if self.settings.vllm_output_sink and getattr(self.engine, "can_stream_to_sink", False):
+            stream = self.engine.stream  # type: ignore[attr-defined]
         try:
             async with asyncio.timeout(timeout):
                 if stream is not None:

@@ -121,6 +121,8 @@ class VllmEngine:
         self._tokenizer: Any = None
         # Adapter name -> LoRARequest (int ids start at 1; 0 means "no adapter" to vLLM).
         self._loras: dict[str, Any] = {}
+        # Whether `stream` can work with this vLLM (see _collector_takes_a_sink).
+        self.can_stream_to_sink = _collector_takes_a_sink()
 
     async def start(self) -> None:
         # vLLM sends anonymous usage reports unless told not to; a self-hosted server should
@@ -443,6 +445,19 @@ def _engine_errors() -> Iterator[None]:
             else "invalid_request"
         )
         raise EngineError(code, msg) from exc
+
+
+def _collector_takes_a_sink() -> bool:
+    """`stream` replaces the `put` of vLLM's per-request RequestOutputCollector (what
+    AsyncLLM.add_request returns, vLLM 0.8 onwards); without one (another vLLM layout), the
+    worker streams through `generate`."""
+    try:
+        from vllm.v1.engine.output_processor import RequestOutputCollector
+    except ImportError:
+        return False
+    return all(
+        callable(getattr(RequestOutputCollector, n, None)) for n in ("put", "get_nowait", "close")
+    )
 
 
 def _stream_finished() -> Any:
