@@ -460,7 +460,8 @@ class StreamRelay:
         ch = await self._add(job_id, lst)
         try:
             try:
-                await asyncio.wait_for(ch.confirmed.wait(), confirm_timeout)
+                async with asyncio.timeout(confirm_timeout):  # no task per open, as wait_for's
+                    await ch.confirmed.wait()
             except TimeoutError:
                 yield [RelayError("redis_unavailable", "could not subscribe to the job's events")]
                 return

@@ -380,3 +380,24 @@ def test_non_blocking_send_finishes_a_waiting_send_in_order() -> None:
     assert sent == [b"a", b"b", b"d"]
     assert said == [True, True, False, True, False, False]
     assert failed
+
+
+def test_a_stream_whose_subscription_is_never_confirmed_ends_with_an_error(
+    redis_server: Any,
+) -> None:
+    """No confirmation from Redis within confirm_timeout (the relay's connection is down):
+    the stream ends at once with redis_unavailable, and its listener is gone."""
+
+    async def go() -> tuple[list[Any], float, int]:
+        r = redis_from_url(redis_server.url)
+        relay = StreamRelay(relay_client(redis_server.url), JobStore(r))  # never started
+        t0 = time.monotonic()
+        got = [b async for b in relay.listen_batches("j1", confirm_timeout=0.2)]
+        waited = time.monotonic() - t0
+        await r.aclose()
+        return got, waited, relay.open_streams
+
+    got, waited, open_streams = asyncio.run(go())
+    assert len(got) == 1 and [type(e) for e in got[0]] == [RelayError]
+    assert got[0][0].code == "redis_unavailable"
+    assert 0.2 <= waited < 2 and open_streams == 0
