@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import keys
@@ -88,6 +89,8 @@ class ApiMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self._relay_counts = (0, 0)  # (deltas received, deltas the reader wrote), at scrape
+        r.register(_RelayCounters(self))
         self._seen_models: set[str] = set()
 
     # -- observed ---------------------------------------------------------------------------
@@ -118,6 +121,7 @@ class ApiMetrics:
     async def refresh(self, state: Any) -> None:
         """Set the scrape-time gauges from Redis and the relay."""
         self.open_streams.set(state.relay.open_streams)
+        self._relay_counts = (state.relay.relayed, state.relay.written_live)
         served = await state.directory.served()
         models = set(served) | state.directory.configured() | self._seen_models
         running = await _running_by_model(state.redis)
@@ -178,3 +182,27 @@ class RequestMetrics:
             method = scope.get("method", "GET")
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.request_seconds.labels(method, template).observe(time.perf_counter() - t0)
+
+
+class _RelayCounters:
+    """The relay's own counters (api/relay.py keeps them as plain ints on its hot path), read
+    at scrape time."""
+
+    def __init__(self, metrics: ApiMetrics):
+        self._metrics = metrics
+
+    def collect(self) -> Any:
+        received, written = self._metrics._relay_counts
+        c = CounterMetricFamily(
+            "genq_api_relay_deltas",
+            "Delta messages this API process's relay received from Redis pub/sub",
+        )
+        c.add_metric([], received)
+        yield c
+        w = CounterMetricFamily(
+            "genq_api_relay_live_writes",
+            "Deltas the relay's reader wrote to a waiting stream itself (the rest, and a "
+            "delta's copies for other listeners, go through each stream's task)",
+        )
+        w.add_metric([], written)
+        yield w

@@ -113,10 +113,11 @@ class LiveWriter:
     is full, the send failed) the events stay queued and the stream's task sends them, as it
     sends everything else: the replay, keep-alives, the end of the job."""
 
-    __slots__ = ("write",)
+    __slots__ = ("last_seq", "write")
 
     def __init__(self) -> None:
         self.write: Callable[[list[DeltaEvent]], bool] | None = None
+        self.last_seq = -1  # the seq of the last delta it wrote (a re-listen starts after it)
 
 
 @dataclass(eq=False)
@@ -389,6 +390,8 @@ class StreamRelay:
                     lst.box.wake()  # the stream's task sends them, waiting as it must
                     continue
                 lst.last = batch[-1].seq
+                if lst.live is not None:
+                    lst.live.last_seq = lst.last
                 self.written_live += len(batch)
             del items[:n]
 
@@ -429,10 +432,12 @@ class StreamRelay:
         after_seq: int = -1,
         deltas: bool = True,
         confirm_timeout: float = 5,
+        live: LiveWriter | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Every delta with seq > after_seq in order, then one EndEvent (or RelayError)."""
+        """Every delta with seq > after_seq in order, then one EndEvent (or RelayError);
+        with `live`, what the reader wrote itself is not yielded (see listen_batches)."""
         async for batch in self.listen_batches(
-            job_id, after_seq=after_seq, deltas=deltas, confirm_timeout=confirm_timeout
+            job_id, after_seq=after_seq, deltas=deltas, confirm_timeout=confirm_timeout, live=live
         ):
             if isinstance(batch, list):
                 for ev in batch:

@@ -59,29 +59,45 @@ async def encode(
         yield "".join(map(fmt, batch))
 
 
-class FramedEvents:
-    """A relayed job's events framed for the wire (`encode`), as an async iterator of chunks
-    that any response can send; and, for `EventStreamResponse`, the relay's live path: given
-    a send that does not wait (`NonBlockingSend`), the relay's reader frames and writes the
-    stream's live deltas itself (see relay.LiveWriter)."""
+class LiveStream:
+    """A stream's chunks, as an async iterator that any response can send; and, for
+    `EventStreamResponse`, the relay's live path: given a send that does not wait
+    (`NonBlockingSend`), the relay's reader frames (`frame`) and writes the stream's live
+    deltas itself (see relay.LiveWriter)."""
 
     def __init__(
-        self, batches: AsyncIterator[list[StreamEvent] | Idle], ndjson: bool, live: LiveWriter
+        self,
+        chunks: AsyncIterator[str],
+        live: LiveWriter,
+        frame: Callable[[list[DeltaEvent]], str],
     ):
-        self._chunks = encode(batches, ndjson)
-        self._fmt = ndjson_line if ndjson else sse_frame
+        self._chunks = chunks
         self._live = live
+        self._frame = frame
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._chunks
 
     def send_live_with(self, send_chunk: Callable[[bytes], bool]) -> None:
-        fmt = self._fmt
+        frame = self._frame
 
         def write(events: list[DeltaEvent]) -> bool:
-            return send_chunk("".join(map(fmt, events)).encode())
+            text = frame(events)
+            return send_chunk(text.encode()) if text else True
 
         self._live.write = write
+
+
+def framed_events(
+    batches: AsyncIterator[list[StreamEvent] | Idle], ndjson: bool, live: LiveWriter
+) -> LiveStream:
+    """A relayed job's events as SSE or NDJSON (`encode`), with the live path."""
+    fmt = ndjson_line if ndjson else sse_frame
+
+    def frame(events: list[DeltaEvent]) -> str:
+        return "".join(map(fmt, events))
+
+    return LiveStream(encode(batches, ndjson), live, frame)
 
 
 class NonBlockingSend:
@@ -196,7 +212,7 @@ class EventStreamResponse(StreamingResponse):
         )
         body_send = self._body_send or send
         live: NonBlockingSend | None = None
-        if self._body_send is not None and isinstance(self.body_iterator, FramedEvents):
+        if self._body_send is not None and isinstance(self.body_iterator, LiveStream):
             live = NonBlockingSend(self._body_send)
             self.body_iterator.send_live_with(live.write)
         async for chunk in self.body_iterator:

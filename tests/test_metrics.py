@@ -57,6 +57,46 @@ def test_api_metrics(sim_stack: Stack) -> None:
     assert ("genq_jobs", (("model", M), ("state", "running"))) in samples(text)
 
 
+def test_live_deltas_are_written_by_the_relay_itself(sim_stack: Stack) -> None:
+    """Through uvicorn: a native event stream's and an OpenAI stream's live deltas are
+    written by the relay's reader (genq_api_relay_live_writes_total grows), and each stream
+    still carries every token, in order, once."""
+    import json
+
+    with sim_stack.client() as c:
+        before = scrape(sim_stack.url)
+        job = submit(c, {"prompt": "hi", "params": {"max_tokens": 100}})
+        events = read_sse(c, job["id"])
+        rec = wait_job(c, job["id"])
+        mid = scrape(sim_stack.url)
+    deltas = [e for e in events if e[0] == "delta"]
+    assert [int(e[1]) for e in deltas] == list(range(len(deltas)))
+    assert "".join(e[2]["text"] for e in deltas) == rec["text"] and events[-1][0] == "done"
+    assert value(mid, "genq_api_relay_live_writes_total") > value(
+        before, "genq_api_relay_live_writes_total"
+    )
+    assert value(mid, "genq_api_relay_deltas_total") > value(before, "genq_api_relay_deltas_total")
+
+    body = {"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    with httpx.stream(
+        "POST", sim_stack.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        job_id = r.headers["x-genq-job-id"]
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    after = scrape(sim_stack.url)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"])
+    with sim_stack.client() as c:
+        rec = wait_job(c, job_id)
+    assert text == rec["text"] and rec["usage"]["completion_tokens"] == 100
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert value(after, "genq_api_relay_live_writes_total") > value(
+        mid, "genq_api_relay_live_writes_total"
+    )
+
+
 def test_api_gauges_while_streaming(sim_stack: Stack) -> None:
     with sim_stack.client() as c:
         job = submit(c, {"prompt": "long", "params": {"max_tokens": 1000}})

@@ -232,11 +232,11 @@ def test_stream_chunks_skip_the_middleware_send_wrappers() -> None:
 
 def _stream_of(relay: StreamRelay, jid: str, after_seq: int = -1) -> Any:
     from api.relay import LiveWriter
-    from api.sse import SSE_MEDIA, EventStreamResponse, FramedEvents
+    from api.sse import SSE_MEDIA, EventStreamResponse, framed_events
 
     live = LiveWriter()
     events = relay.listen_batches(jid, after_seq=after_seq, live=live)
-    return EventStreamResponse(FramedEvents(events, False, live), media_type=SSE_MEDIA)
+    return EventStreamResponse(framed_events(events, False, live), media_type=SSE_MEDIA)
 
 
 def _frames(chunks: list[bytes]) -> list[tuple[str, str | None]]:

@@ -22,7 +22,7 @@ from ..enqueue import Enqueuer
 from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
 from ..relay import LiveWriter, StreamRelay
-from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, FramedEvents
+from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, framed_events
 from ..webhook_targets import check_submitted
 
 log = logging.getLogger("genq.api")
@@ -258,7 +258,7 @@ def event_stream(
     live = LiveWriter()
     events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s, live=live)
     return EventStreamResponse(
-        FramedEvents(events, ndjson, live),
+        framed_events(events, ndjson, live),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "x-genq-job-id": job_id},
     )

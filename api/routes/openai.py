@@ -52,8 +52,8 @@ from ..openai_protocol import (
     DeltaMessage,
     UsageInfo,
 )
-from ..relay import DeltaEvent, EndEvent, RelayError, StreamEvent, StreamRelay
-from ..sse import SSE_MEDIA, EventStreamResponse
+from ..relay import DeltaEvent, EndEvent, LiveWriter, RelayError, StreamEvent, StreamRelay
+from ..sse import SSE_MEDIA, EventStreamResponse, LiveStream
 from .jobs import DirectoryDep, submit_job
 
 log = logging.getLogger("genq.api.openai")
@@ -347,15 +347,20 @@ def _finite(v: Any) -> float:
 Events = AsyncGenerator[StreamEvent, None]
 
 
-async def follow(relay: StreamRelay, job_id: str, *, deltas: bool = True) -> Events:
+async def follow(
+    relay: StreamRelay, job_id: str, *, deltas: bool = True, live: LiveWriter | None = None
+) -> Events:
     """The job's deltas, then its EndEvent. A relay interruption is ridden out by listening
     again after the last seq seen (no gap, no duplicate); only if that keeps failing for
-    RELAY_RETRY_S does it yield the RelayError."""
+    RELAY_RETRY_S does it yield the RelayError. With `live`, the deltas the relay wrote to
+    the client itself are not yielded (and count as seen)."""
     last = -1
     failing_since: float | None = None
     while True:
         failure: RelayError | None = None
-        listen = cast(Events, relay.listen(job_id, after_seq=last, deltas=deltas))
+        if live is not None:
+            last = max(last, live.last_seq)
+        listen = cast(Events, relay.listen(job_id, after_seq=last, deltas=deltas, live=live))
         async with aclosing(listen) as events:
             async for ev in events:
                 if isinstance(ev, RelayError):
@@ -441,7 +446,8 @@ async def _respond(
     request: Request, job_id: str, face: Face, store: JobStore, relay: StreamRelay, *, stream: bool
 ) -> Response:
     headers = {"x-genq-job-id": job_id}
-    events = follow(relay, job_id)
+    live = LiveWriter()  # a stream's live deltas, once it streams: written by the relay
+    events = follow(relay, job_id, live=live)
     try:
         # Wait for the first event before committing to a status: a job refused before any
         # output (prompt too long) is then a plain 4xx, not a 200 stream with an error.
@@ -465,8 +471,12 @@ async def _respond(
         _cancel_soon(store, job_id, "relay unavailable")
         return _relay_failed(first, headers)
     if stream:
+
+        def frame(deltas: list[DeltaEvent]) -> str:
+            return "".join(_delta_chunk(face, ev) for ev in deltas)
+
         return EventStreamResponse(
-            _stream(first, events, face, store, job_id),
+            LiveStream(_stream(first, events, face, store, job_id), live, frame),
             media_type=SSE_MEDIA,
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -512,6 +522,14 @@ async def _collect(
     return None, logprobs
 
 
+def _delta_chunk(face: Face, ev: DeltaEvent) -> str:
+    """A delta as the face's chunk ("" for one with no text and no logprobs)."""
+    d = json.loads(ev.raw)
+    lp = d.get("logprobs")
+    lp = lp if isinstance(lp, list) else None
+    return face.delta_chunk(d.get("text", ""), lp) if d.get("text") or lp else ""
+
+
 def _delta_logprobs(ev: DeltaEvent) -> list[dict[str, Any]] | None:
     if '"logprobs"' not in ev.raw:
         return None
@@ -534,11 +552,9 @@ async def _stream(
         async with aclosing(events):
             while ev is not None:
                 if isinstance(ev, DeltaEvent):
-                    d = json.loads(ev.raw)
-                    lp = d.get("logprobs")
-                    lp = lp if isinstance(lp, list) else None
-                    if d.get("text") or lp:
-                        yield face.delta_chunk(d.get("text", ""), lp)
+                    chunk = _delta_chunk(face, ev)
+                    if chunk:
+                        yield chunk
                 elif isinstance(ev, EndEvent):
                     ended = True
                     rec = ev.record
