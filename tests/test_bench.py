@@ -280,7 +280,7 @@ def test_pin_engine_core_gives_the_engine_a_core_of_its_own() -> None:
     import subprocess
     import sys
 
-    from genq.bench_cpu import CpuSampler, _set_affinity, pin_engine_cores, roles
+    from genq.bench_cpu import CpuSampler, _set_affinity, cpu_seconds, pin_engine_cores, roles
 
     before = os.sched_getaffinity(0)
     if len(before) < 2:
@@ -297,7 +297,12 @@ def test_pin_engine_core_gives_the_engine_a_core_of_its_own() -> None:
         assert os.sched_getaffinity(child.pid) == set(engine_cpu)
         assert os.sched_getaffinity(0) == set(pinned["rest"])
         assert set(engine_cpu).isdisjoint(pinned["rest"])
-        sum(i * i for i in range(300_000))  # some CPU for the sampler to see
+        # Some CPU for the sampler to see: /proc counts it in clock ticks, so spin until a
+        # few have been counted (a fixed amount of work can land in none on a loaded machine).
+        start = cpu_seconds(os.getpid()) or 0.0
+        deadline = time.monotonic() + 10
+        while (cpu_seconds(os.getpid()) or 0.0) - start < 0.05 and time.monotonic() < deadline:
+            sum(i * i for i in range(100_000))
         used = sampler.stop()
         assert used["client"] > 0 and "engine_core" in used
     finally:
