@@ -21,6 +21,7 @@ from .files import FileStore
 from .limits import BodySizeLimit
 from .metrics import ApiMetrics, RequestMetrics
 from .models_directory import ModelDirectory
+from .open_gate import OpenGate
 from .relay import StreamRelay, relay_client
 from .routes import admin, batches, jobs, openai, playground, system
 from .sse import StreamBodySend
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Outside BodySizeLimit, so it also counts its 413s.
     app.add_middleware(RequestMetrics, metrics=metrics)
-    # Outermost of ours: stream chunks skip the wrappers above (api/sse.py says why).
+    # Stream chunks skip the wrappers above (api/sse.py says why).
     app.add_middleware(StreamBodySend)
+    # Outermost of ours: a burst of stream opens waits here, before any of its work.
+    app.add_middleware(OpenGate, limit=settings.stream_open_concurrency)
     return app

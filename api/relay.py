@@ -452,6 +452,7 @@ class StreamRelay:
         confirm_timeout: float = 5,
         idle_s: float | None = None,
         live: LiveWriter | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[StreamEvent] | Idle]:
         """`listen`'s events, in order, as batches: each batch is everything that had arrived
         by the time the stream was ready for more, so a stream that falls behind catches up
@@ -459,15 +460,27 @@ class StreamRelay:
         Idle after each `idle_s` without events, when given. (The wait is a timeout on the
         listener's own mailbox: no task per event, which an outer timeout would need, since
         cancelling this generator mid-wait would end it.) With `live` (see LiveWriter), the
-        live deltas that the reader could write itself are not yielded here."""
+        live deltas that the reader could write itself are not yielded here. `on_open` is
+        called once the stream is open (subscribed and replayed) or could not open (see
+        api/open_gate.py)."""
         lst = _Listener(_Mailbox(self.queue_size), want_deltas=deltas, last=after_seq, live=live)
         keepalive: _KeepAlive | None = None
-        ch = await self._add(job_id, lst)
+        opening = True
+
+        def opened() -> None:  # the stream is open, or could not open: once
+            nonlocal opening
+            if opening:
+                opening = False
+                if on_open is not None:
+                    on_open()
+
         try:
+            ch = await self._add(job_id, lst)
             try:
                 async with asyncio.timeout(confirm_timeout):  # no task per open, as wait_for's
                     await ch.confirmed.wait()
             except TimeoutError:
+                opened()
                 yield [RelayError("redis_unavailable", "could not subscribe to the job's events")]
                 return
             # The store's (large, blocking) pool: the relay's own client only holds the
@@ -486,9 +499,11 @@ class StreamRelay:
                 record = await self.store.get(job_id, with_request=False)
                 if record is not None:
                     replay.append(EndEvent(record))
+                opened()
                 if replay:
                     yield replay
                 return
+            opened()
             if replay:
                 yield replay
             box = lst.box
@@ -519,6 +534,7 @@ class StreamRelay:
                 if ended:
                     return
         finally:
+            opened()  # if it failed (Redis) or was cancelled while opening
             if keepalive is not None:
                 keepalive.cancel()
             await self._remove(job_id, lst)

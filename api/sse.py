@@ -177,8 +177,8 @@ BODY_SEND_KEY = "genq.body_send"
 
 
 class StreamBodySend:
-    """ASGI middleware, outermost of the app's own: leaves the `send` it is given in the
-    scope, for `EventStreamResponse` to send a stream's body chunks with.
+    """ASGI middleware, outermost of the app's own after OpenGate: leaves the `send` it is
+    given in the scope, for `EventStreamResponse` to send a stream's body chunks with.
 
     Every other layer between it and the endpoint (the request metrics, the body-size limit,
     Starlette's exception handling at app and route level) wraps `send` only to look at

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     worker_ttl_s: float = Field(10.0, gt=0, description="A worker silent this long is dead")
     sse_queue_size: int = Field(1024, ge=16, description="Events buffered per slow SSE client")
     sse_keepalive_s: float = Field(15.0, gt=0)
+    stream_open_concurrency: int = Field(
+        16,
+        ge=0,
+        description="Event streams in their opening (owner check, subscribe, replay read) at "
+        "a time per API process; more wait their turn, so a burst of opens does not stall "
+        "the streams already open (api/open_gate.py). 0: no limit",
+    )
     task_events: bool = Field(
         True,
         description="Workers send Celery task events (Flower's task view); off saves a busy "

@@ -194,10 +194,12 @@ def test_stream_chunks_skip_the_middleware_send_wrappers() -> None:
     body chunks straight to the send that StreamBodySend, the app's outermost middleware,
     was given: four wrapper coroutines fewer per relay batch."""
     from api.app import create_app
+    from api.open_gate import OpenGate
     from api.sse import BODY_SEND_KEY, SSE_MEDIA, EventStreamResponse, StreamBodySend
     from common.settings import Settings
 
-    assert create_app(Settings()).user_middleware[0].cls is StreamBodySend
+    middleware = [m.cls for m in create_app(Settings()).user_middleware]
+    assert middleware[:2] == [OpenGate, StreamBodySend]
 
     direct: list[dict[str, Any]] = []
     chain: list[dict[str, Any]] = []

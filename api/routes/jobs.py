@@ -21,6 +21,7 @@ from ..deps import Caller, CallerDep, EnqueuerDep, RelayDep, SettingsDep, StoreD
 from ..enqueue import Enqueuer
 from ..limits import check_prompt_fits
 from ..models_directory import ModelDirectory
+from ..open_gate import OPENED_KEY
 from ..relay import LiveWriter, StreamRelay
 from ..sse import NDJSON_MEDIA, SSE_MEDIA, EventStreamResponse, framed_events
 from ..webhook_targets import check_submitted
@@ -256,7 +257,13 @@ def event_stream(
     ndjson = NDJSON_MEDIA in request.headers.get("accept", "")
     keepalive_s = None if ndjson else request.app.state.settings.sse_keepalive_s
     live = LiveWriter()
-    events = relay.listen_batches(job_id, after_seq=after_seq, idle_s=keepalive_s, live=live)
+    events = relay.listen_batches(
+        job_id,
+        after_seq=after_seq,
+        idle_s=keepalive_s,
+        live=live,
+        on_open=request.scope.get(OPENED_KEY),  # the end of this stream's opening (OpenGate)
+    )
     return EventStreamResponse(
         framed_events(events, ndjson, live),
         media_type=NDJSON_MEDIA if ndjson else SSE_MEDIA,
