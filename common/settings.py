@@ -45,8 +45,9 @@ class Settings(BaseSettings):
         ge=0,
         description="GET /v1/jobs/{id}/events streams in their opening (owner check, "
         "subscribe, replay read) at a time per API process; more wait their turn, so a "
-        "burst of opens does not stall the streams already open (api/open_gate.py; H200 host, 500 opens at once: p99 of "
-        "the open streams' deltas 33-73 ms with no limit, 7-9 ms with 4). 0: no limit",
+        "burst of opens does not stall the streams already open (api/open_gate.py; H200 "
+        "host, 500 opens at once: p99 of the open streams' deltas 33-73 ms with no limit, "
+        "7-9 ms with 4). 0: no limit",
     )
     task_events: bool = Field(
         True,
