@@ -386,7 +386,13 @@ class StreamRelay:
                 if ev.seq > lst.last:
                     batch.append(ev)
             if batch:
-                if not write(batch):
+                try:
+                    wrote = write(batch)
+                except Exception:  # a framing bug must not strand the other streams' deltas
+                    log.exception("relay: a live write failed; the stream sends it instead")
+                    lst.live = None  # this stream's task sends all of its events from now on
+                    wrote = False
+                if not wrote:
                     lst.box.wake()  # the stream's task sends them, waiting as it must
                     continue
                 lst.last = batch[-1].seq
