@@ -604,3 +604,27 @@ def test_delta_log_carries_logprobs(redis_server: Any) -> None:
         "logprobs": [{"token": "a", "token_id": 1, "logprob": -0.5, "top_logprobs": []}],
     }
     assert second == {"seq": 1, "text": "b"}
+
+
+def test_text_chunks_from_the_template_are_the_models_chunks() -> None:
+    """A text-only delta's chunk is filled into a template (no model build per token): it
+    must be byte for byte what the models render, for any text, in both faces, with usage
+    asked for or not; the completion face still counts its text offset."""
+    from api.routes.openai import ChatFace, CompletionFace
+
+    texts = ["Hello", " world", 'a "quote" \\ back', "new\nline\ttab", "é 漢字 😀"]
+    texts += ["\x00\x1f", "</s>"]
+    for include_usage in (False, True):
+        chat = ChatFace(include_usage, "m")
+        chat.bind("job_abc", 1700000000.5)
+        cmpl = CompletionFace(include_usage, "m")
+        cmpl.bind("job_abc", 1700000000.5)
+        offset = 0
+        for text in texts:
+            assert chat.delta_chunk(text, None) == chat._render_text(text)
+            assert cmpl.delta_chunk(text, None) == cmpl._render_text(text)
+            offset += len(text)
+            assert cmpl.text_offset == offset
+        chunk = json.loads(chat.delta_chunk("hi", None).removeprefix("data: "))
+        assert chunk["choices"][0]["delta"] == {"content": "hi"}
+        assert ("usage" in chunk) is include_usage

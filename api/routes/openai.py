@@ -144,6 +144,8 @@ class Face:
     created: int = 0
     input_param: str = "prompt"
     text_offset: int = field(default=0, repr=False)
+    # A text-only delta's chunk around its text (see `_text_chunk`), made once bound.
+    _text_template: tuple[str, str] | None = field(default=None, repr=False)
 
     id_prefix = "cmpl-"
 
@@ -151,6 +153,23 @@ class Face:
         # Derived from the job id, so a response can be traced to its job by id alone.
         self.id = self.id_prefix + job_id.removeprefix("job_")
         self.created = int(created_at)
+        self._text_template = None
+
+    def _text_chunk(self, text: str) -> str:
+        """A delta with text and no logprobs, the chunk of nearly every token: the chunk the
+        models would render, built once around a placeholder text and filled in with the
+        text's JSON (json.dumps, as `_data` encodes it). A model build and dump per token
+        was ~6 us of the API's loop; this is ~1."""
+        if self._text_template is None:
+            whole = self._render_text(_PLACEHOLDER)
+            head, sep, tail = whole.partition(_PLACEHOLDER_JSON)
+            assert sep and _PLACEHOLDER_JSON not in tail, "the placeholder must appear once"
+            self._text_template = (head, tail)
+        head, tail = self._text_template
+        return head + json.dumps(text) + tail
+
+    def _render_text(self, text: str) -> str:
+        raise NotImplementedError
 
     def first_chunks(self) -> list[str]:
         return []
@@ -166,6 +185,10 @@ class Face:
 
     def response(self, record: JobRecord, logprobs: list[dict[str, Any]] | None) -> Any:
         raise NotImplementedError
+
+
+_PLACEHOLDER = "\x00genq-text\x00"
+_PLACEHOLDER_JSON = json.dumps(_PLACEHOLDER)
 
 
 def _data(obj: Any, include_usage: bool) -> str:
@@ -210,8 +233,13 @@ class ChatFace(Face):
         return [self._chunk(ChatStreamChoice(delta=DeltaMessage(role="assistant", content="")))]
 
     def delta_chunk(self, text: str, logprobs: list[dict[str, Any]] | None) -> str:
+        if not logprobs:
+            return self._text_chunk(text)
         lp = _chat_logprobs(logprobs, self.top_logprobs)
         return self._chunk(ChatStreamChoice(delta=DeltaMessage(content=text), logprobs=lp))
+
+    def _render_text(self, text: str) -> str:
+        return self._chunk(ChatStreamChoice(delta=DeltaMessage(content=text)))
 
     def final_chunk(self, finish_reason: str) -> str:
         return self._chunk(ChatStreamChoice(delta=DeltaMessage(), finish_reason=finish_reason))
@@ -252,9 +280,15 @@ class CompletionFace(Face):
         )
 
     def delta_chunk(self, text: str, logprobs: list[dict[str, Any]] | None) -> str:
+        if not logprobs:
+            self.text_offset += len(text)
+            return self._text_chunk(text)
         lp = _completion_logprobs(logprobs, self.text_offset)
         self.text_offset += len(text)
         return self._chunk(CompletionChoice(text=text, logprobs=lp))
+
+    def _render_text(self, text: str) -> str:
+        return self._chunk(CompletionChoice(text=text))
 
     def final_chunk(self, finish_reason: str) -> str:
         return self._chunk(CompletionChoice(text="", finish_reason=finish_reason))
