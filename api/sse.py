@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -43,6 +43,16 @@ def ndjson_line(ev: StreamEvent) -> str:
 KEEPALIVE = ": keepalive\n\n"
 
 
+def framer(ndjson: bool) -> Callable[[Sequence[StreamEvent]], str]:
+    """Frames a batch of events as ONE chunk: SSE frames, or NDJSON lines."""
+    fmt = ndjson_line if ndjson else sse_frame
+
+    def frame(events: Sequence[StreamEvent]) -> str:
+        return "".join(map(fmt, events))
+
+    return frame
+
+
 async def encode(
     batches: AsyncIterator[list[StreamEvent] | Idle], ndjson: bool
 ) -> AsyncIterator[str]:
@@ -50,13 +60,13 @@ async def encode(
     many deltas it holds). An Idle (the relay's `idle_s` of silence: a job waiting in the
     queue, a long prefill) becomes an SSE comment line, so proxies and load balancers do not
     cut an idle stream; clients ignore comments. NDJSON has no comments: Idle is skipped."""
-    fmt = ndjson_line if ndjson else sse_frame
+    frame = framer(ndjson)
     async for batch in batches:
         if isinstance(batch, Idle):
             if not ndjson:
                 yield KEEPALIVE
             continue
-        yield "".join(map(fmt, batch))
+        yield frame(batch)
 
 
 class LiveStream:
@@ -92,12 +102,7 @@ def framed_events(
     batches: AsyncIterator[list[StreamEvent] | Idle], ndjson: bool, live: LiveWriter
 ) -> LiveStream:
     """A relayed job's events as SSE or NDJSON (`encode`), with the live path."""
-    fmt = ndjson_line if ndjson else sse_frame
-
-    def frame(events: list[DeltaEvent]) -> str:
-        return "".join(map(fmt, events))
-
-    return LiveStream(encode(batches, ndjson), live, frame)
+    return LiveStream(encode(batches, ndjson), live, framer(ndjson))
 
 
 class NonBlockingSend:
