@@ -155,6 +155,13 @@ async def phase_streams(
     }
 
 
+def client_session() -> aiohttp.ClientSession:
+    """The benchmark's HTTP client: no connection limit (hundreds of streams at once)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600)
+    )
+
+
 async def follow_streams(session: aiohttp.ClientSession, base: str, ids: list[str]) -> dict:
     """One SSE client per job id, in this process: what each live delta's latency was."""
     lat: list[float] = []
@@ -209,9 +216,7 @@ def _follow_in_process(base: str, ids: list[str]) -> dict:
     """`follow_streams` in a client process of its own (see `--client-procs`)."""
 
     async def go() -> dict:
-        conn = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        async with client_session() as session:
             return await follow_streams(session, base, ids)
 
     try:
@@ -389,9 +394,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await stack.wait_ready("sim", 120)
         base = stack.base_url
-        conn = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+        async with client_session() as s:
             await phase_relay(s, base, "sim", 16, 10, stack.api.pid)  # warm up
             pub = await phase_publish(
                 s, base, "sim", args.publish_jobs, args.tokens, stack.workers[0].pid
