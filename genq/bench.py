@@ -15,7 +15,10 @@ Targets:
     started on the same queue), ..., and the throughput of each count over the first's;
   * `--baseline direct`: afterwards, the same requests on an in-process vLLM `AsyncLLM`
     built from those same worker arguments (the workers are stopped first, so the GPU is
-    free), then the ratios genq/direct.
+    free), then the ratios genq/direct;
+  * `--interleave N` (with `--launch --baseline direct`): both engines up at once (they
+    must fit together: `--gpu-memory-utilization`), and N rounds of direct then genq in
+    ABBA order, seconds apart instead of an engine start apart: ratios per round and pooled.
 
 Where genq's time goes (jobs endpoint): after each run, every job's record is read back
 (`GET /v1/jobs/{id}`, outside the timed run) and its timestamps, with the client's own
@@ -43,11 +46,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="'direct': afterwards the same load on an in-process AsyncLLM built from the "
         "worker args (launched workers are stopped first), and the ratios genq/direct",
+    )
+    t.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="with --launch and --baseline direct: start the direct engine beside the "
+        "launched worker's (both must fit: give --gpu-memory-utilization, e.g. 0.4, in the "
+        "worker args) and run the plan on each in turn, ROUNDS rounds in ABBA order "
+        "(direct, genq, genq, direct, ...); ratios per round and pooled. On hosts whose "
+        "speed drifts over minutes, the two sides of a round are seconds apart",
     )
     t.add_argument(
         "--ready-timeout",
@@ -363,55 +379,110 @@ async def _genq_side(
         )
 
 
-async def _direct_side(
-    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], worker_args: list[str]
-) -> tuple[list[dict[str, Any]], float]:
+@contextlib.asynccontextmanager
+async def _direct_engine(worker_args: list[str]) -> AsyncIterator[tuple[Any, Any, float]]:
+    """The direct side's in-process engine, built from the very options the worker built
+    its own from: yields (engine, parsed worker args, start seconds), shuts it down after."""
     from worker.main import build_engine
     from worker.main import build_parser as worker_parser
 
     wargs = worker_parser().parse_args(worker_args)
     if wargs.engine != "vllm":
         raise SystemExit("genq bench: --baseline direct needs the vLLM engine")
-    engine = build_engine(wargs)  # the very options the worker built its engine from
+    engine = build_engine(wargs)
     t0 = time.perf_counter()
     await engine.start()
-    start_s = time.perf_counter() - t0
     try:
-        fn = direct_client(
-            engine.async_llm, args.ignore_eos, args.temperature, not wargs.skip_tokenizer_init
-        )
-
-        def processes() -> dict[int, str]:
-            return roles(client=os.getpid(), api=[], workers=[], redis=None)
-
-        pinned = pin_engine_cores(processes()) if args.pin_engine_core else {}
-        if args.pin_engine_core:
-            print(f"direct: pinned {pinned or 'nothing (no engine core found)'}", file=sys.stderr)
-        fields = {"pinned": pinned} if pinned else None
-
-        async def stats() -> dict[str, float]:
-            return engine.stats()
-
-        return await _side(
-            "direct",
-            fn,
-            args,
-            plan,
-            warm,
-            fields=fields,
-            cpu=CpuSampler(processes),
-            engine=EngineSampler(stats),
-        ), start_s
+        yield engine, wargs, time.perf_counter() - t0
     finally:
         await engine.shutdown()
 
 
+async def _direct_runs(
+    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], engine: Any, wargs: Any
+) -> list[dict[str, Any]]:
+    fn = direct_client(
+        engine.async_llm, args.ignore_eos, args.temperature, not wargs.skip_tokenizer_init
+    )
+
+    def processes() -> dict[int, str]:
+        return roles(client=os.getpid(), api=[], workers=[], redis=None)
+
+    pinned = pin_engine_cores(processes()) if args.pin_engine_core else {}
+    if args.pin_engine_core:
+        print(f"direct: pinned {pinned or 'nothing (no engine core found)'}", file=sys.stderr)
+    fields = {"pinned": pinned} if pinned else None
+
+    async def stats() -> dict[str, float]:
+        return engine.stats()  # type: ignore[no-any-return]
+
+    return await _side(
+        "direct",
+        fn,
+        args,
+        plan,
+        warm,
+        fields=fields,
+        cpu=CpuSampler(processes),
+        engine=EngineSampler(stats),
+    )
+
+
+async def _direct_side(
+    args: argparse.Namespace, plan: Any, warm: list[BenchRequest], worker_args: list[str]
+) -> tuple[list[dict[str, Any]], float]:
+    async with _direct_engine(worker_args) as (engine, wargs, start_s):
+        return await _direct_runs(args, plan, warm, engine, wargs), start_s
+
+
+def round_order(rounds: int) -> list[tuple[int, str]]:
+    """--interleave: (round, side) in ABBA order, direct first: D G, G D, D G, ... so a
+    drift of the host's speed that is linear in time weighs on both sides alike."""
+    out: list[tuple[int, str]] = []
+    for r in range(rounds):
+        sides = ("direct", "genq") if r % 2 == 0 else ("genq", "direct")
+        out += [(r, side) for side in sides]
+    return out
+
+
+async def _interleaved(
+    args: argparse.Namespace,
+    plan: Any,
+    warm: list[BenchRequest],
+    model: str,
+    worker_args: list[str],
+    stack: LaunchedStack,
+    info: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Both engines up at once (the launched worker's and an in-process one, each with the
+    worker args, so both must fit: --gpu-memory-utilization), and the plan run on each in
+    turn, `args.interleave` rounds: the two sides of a round are seconds apart, not the
+    minutes of a whole engine start, and only one side is under load at a time."""
+    runs: list[dict[str, Any]] = []
+    async with _direct_engine(worker_args) as (engine, wargs, start_s):
+        info["direct_start_s"] = start_s
+        warmed: set[str] = set()
+        for rnd, side in round_order(args.interleave):
+            w = [] if side in warmed else warm
+            warmed.add(side)
+            if side == "direct":
+                got = await _direct_runs(args, plan, w, engine, wargs)
+            else:
+                got = await _genq_side(
+                    args, plan, w, model, stack.base_url, workers=len(stack.workers), stack=stack
+                )
+            runs += [{**r, "round": rnd} for r in got]
+    return runs
+
+
 def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each genq run (every worker count) over the direct run at its concurrency."""
-    by = {(r["target"], r["max_concurrency"]): r for r in runs}
+    """Each genq run (every worker count) over the direct run at its concurrency (and of its
+    round, with --interleave); with rounds, also one pooled entry per concurrency (round
+    "all": each side's output tokens over its summed run time) and the rounds' spread."""
+    by = {(r["target"], r["max_concurrency"], r.get("round")): r for r in runs}
     out = []
-    for (target, conc), g in by.items():
-        d = by.get(("direct", conc))
+    for (target, conc, rnd), g in by.items():
+        d = by.get(("direct", conc, rnd))
         if not target.startswith("genq") or d is None:
             continue
 
@@ -422,12 +493,51 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "target": target,
                 "max_concurrency": conc,
+                **({"round": rnd} if rnd is not None else {}),
                 "output_throughput_ratio": rel("output_throughput"),
                 "request_throughput_ratio": rel("request_throughput"),
                 "ttft_p50_overhead_ms": g["p50_ttft_ms"] - d["p50_ttft_ms"],
                 "ttft_p99_overhead_ms": g["p99_ttft_ms"] - d["p99_ttft_ms"],
                 "tpot_p50_ratio": rel("p50_tpot_ms"),
                 "e2el_p50_ratio": rel("p50_e2el_ms"),
+            }
+        )
+    return out + pooled_ratios(runs, out)
+
+
+def pooled_ratios(
+    runs: list[dict[str, Any]], per_round: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """--interleave: per (genq target, concurrency) over all rounds, genq's output tokens /
+    run time over direct's, and the per-round ratios' mean, min and max."""
+    out = []
+    keys = sorted(
+        {(x["target"], x["max_concurrency"] or 0) for x in per_round if "round" in x},
+        key=lambda k: (k[0], k[1]),
+    )
+    for target, conc in keys:
+
+        def rate(t: str, conc: int = conc) -> float:
+            rs = [r for r in runs if r["target"] == t and (r["max_concurrency"] or 0) == conc]
+            secs = sum(r["duration_s"] for r in rs)
+            return sum(r["total_output_tokens"] for r in rs) / secs if secs else 0.0
+
+        each = [
+            x["output_throughput_ratio"]
+            for x in per_round
+            if x["target"] == target and (x["max_concurrency"] or 0) == conc and "round" in x
+        ]
+        direct = rate("direct")
+        out.append(
+            {
+                "target": target,
+                "max_concurrency": conc or None,
+                "round": "all",
+                "rounds": len(each),
+                "output_throughput_ratio": rate(target) / direct if direct else 0.0,
+                "round_ratio_mean": statistics.fmean(each),
+                "round_ratio_min": min(each),
+                "round_ratio_max": max(each),
             }
         )
     return out
@@ -465,9 +575,14 @@ def scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _round(r: dict[str, Any]) -> str:
+    return f", round {r['round']}" if "round" in r else ""
+
+
 def format_row(r: dict[str, Any]) -> str:
     return (
-        f"{r['target']:>8} c={r['max_concurrency'] or 'inf':>4} n={r['num_prompts']:>5} "
+        f"{r['target'] + _round(r):>8} c={r['max_concurrency'] or 'inf':>4} "
+        f"n={r['num_prompts']:>5} "
         f"ok={r['completed']:>5} req/s={r['request_throughput']:8.2f} "
         f"out tok/s={r['output_throughput']:10.1f} "
         f"TTFT p50/p90/p99={r['p50_ttft_ms']:.1f}/{r['p90_ttft_ms']:.1f}/{r['p99_ttft_ms']:.1f} "
@@ -492,7 +607,7 @@ def table(
     lines = [head, "|" + "---|" * 10]
     for r in runs:
         lines.append(
-            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {r['num_prompts']} "
+            f"| {r['target']}{_round(r)} | {r['max_concurrency'] or 'inf'} | {r['num_prompts']} "
             f"| {r['completed']} | {r['request_throughput']:.2f} | {r['output_throughput']:,.0f} "
             f"| {r['p50_ttft_ms']:.1f} / {r['p90_ttft_ms']:.1f} / {r['p99_ttft_ms']:.1f} "
             f"| {r['p50_tpot_ms']:.2f} / {r['p90_tpot_ms']:.2f} / {r['p99_tpot_ms']:.2f} "
@@ -511,8 +626,17 @@ def table(
             "|---|---|---|---|---|",
         ]
         for x in rat:
+            side = x.get("target", "genq") + (f", round {x['round']}" if "round" in x else "")
+            if x.get("round") == "all":
+                lines.append(
+                    f"| {side} | {x['max_concurrency'] or 'inf'} "
+                    f"| **{x['output_throughput_ratio']:.3f}** (rounds {x['rounds']}: mean "
+                    f"{x['round_ratio_mean']:.3f}, {x['round_ratio_min']:.3f}-"
+                    f"{x['round_ratio_max']:.3f}) | | |"
+                )
+                continue
             lines.append(
-                f"| {x.get('target', 'genq')} | {x['max_concurrency'] or 'inf'} "
+                f"| {side} | {x['max_concurrency'] or 'inf'} "
                 f"| **{x['output_throughput_ratio']:.3f}** "
                 f"| {x['ttft_p50_overhead_ms']:+.1f} ms | {x['tpot_p50_ratio']:.3f} |"
             )
@@ -547,6 +671,13 @@ def _worker_counts(args: argparse.Namespace) -> list[int]:
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     worker_args = [a for a in args.worker_args if a != "--"]
+    if args.interleave and not (
+        args.launch and args.baseline == "direct" and not args.scale_workers
+    ):
+        raise SystemExit(
+            "genq bench: --interleave runs genq (--launch) against --baseline direct in "
+            "rounds; it takes no --scale-workers"
+        )
     model = args.model or _served_name(worker_args)
     if model is None:
         raise SystemExit("genq bench: give --model (or worker args after --)")
@@ -599,7 +730,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             )
             await stack.wait_ready(model, args.ready_timeout)
             info["genq_start_s"] = time.perf_counter() - t0
-            for n in counts:
+            for n in counts if not args.interleave else []:
                 if n > len(stack.workers):  # the new ones start while the others idle
                     t0 = time.perf_counter()
                     stack.add_workers(n)
@@ -609,9 +740,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 runs += await _genq_side(
                     args, plan, warm, model, stack.base_url, target=target, workers=n, stack=stack
                 )
-            if args.baseline == "direct":
+            if args.interleave:
+                runs = await _interleaved(args, plan, warm, model, worker_args, stack, info)
+            elif args.baseline == "direct":
                 stack.stop_workers()  # free the accelerator for the in-process engine
-        if args.baseline == "direct":
+        if args.baseline == "direct" and not args.interleave:
             direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
             runs += direct_runs
     finally:

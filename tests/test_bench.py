@@ -409,3 +409,119 @@ def test_the_engine_sampler_reports_the_runs_output_lag() -> None:
     assert got["running_series"] == [4, 3, 2] and got["waiting_series"] == [0, 1, 0]
     assert got["series_span_s"] >= 2 * 0.001  # three samples, at least an interval apart
     assert got["output_lag_ms_mean"] == pytest.approx(50.0)  # 1.0 s over 20 jobs
+
+
+def test_interleave_rounds_alternate_abba() -> None:
+    """--interleave: direct first, then the order flips each round, so a linear drift of the
+    host's speed weighs on both sides alike."""
+    from genq.bench import round_order
+
+    assert round_order(3) == [
+        (0, "direct"),
+        (0, "genq"),
+        (1, "genq"),
+        (1, "direct"),
+        (2, "direct"),
+        (2, "genq"),
+    ]
+
+
+def test_interleaved_ratios_per_round_and_pooled() -> None:
+    """Each round's genq run over the same round's direct run, and one pooled ratio: each
+    side's output tokens over its summed run time (not the mean of the round ratios)."""
+    from genq.bench import ratios
+
+    def run(target: str, rnd: int, tokens: int, secs: float) -> dict[str, Any]:
+        return {
+            "target": target,
+            "max_concurrency": 256,
+            "round": rnd,
+            "duration_s": secs,
+            "total_output_tokens": tokens,
+            "output_throughput": tokens / secs,
+            "request_throughput": 1.0,
+            "p50_ttft_ms": 10.0,
+            "p99_ttft_ms": 20.0,
+            "p50_tpot_ms": 5.0,
+            "p50_e2el_ms": 100.0,
+        }
+
+    runs = [
+        run("direct", 0, 1000, 10.0),  # 100 tok/s
+        run("genq", 0, 1000, 12.5),  # 80 tok/s: 0.8
+        run("genq", 1, 1000, 20.0),  # 50 tok/s
+        run("direct", 1, 1000, 20.0),  # 50 tok/s: 1.0
+    ]
+    got = ratios(runs)
+    per_round = {x["round"]: x["output_throughput_ratio"] for x in got}
+    assert per_round[0] == pytest.approx(0.8) and per_round[1] == pytest.approx(1.0)
+    pooled = [x for x in got if x["round"] == "all"]
+    assert len(pooled) == 1 and pooled[0]["rounds"] == 2
+    # 2000 tokens in 32.5 s over 2000 tokens in 30 s
+    assert pooled[0]["output_throughput_ratio"] == pytest.approx(30 / 32.5)
+    assert pooled[0]["round_ratio_mean"] == pytest.approx(0.9)
+    assert (pooled[0]["round_ratio_min"], pooled[0]["round_ratio_max"]) == (
+        pytest.approx(0.8),
+        pytest.approx(1.0),
+    )
+    # without rounds (the sequential baseline) nothing is pooled
+    plain = [{k: v for k, v in r.items() if k != "round"} for r in runs[:2]]
+    assert [x.get("round") for x in ratios(plain)] == [None]
+
+
+def test_interleave_needs_launch_and_the_direct_baseline(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--interleave"):
+        main(["--interleave", "2", "--launch", "--", "--engine", "simulated"])
+
+
+@pytest.mark.skipif(bool(os.environ.get("GENQ_SKIP_ENGINE")), reason="GENQ_SKIP_ENGINE is set")
+def test_interleave_runs_both_real_engines_at_once(tmp_path: Path) -> None:
+    """`genq bench --launch --baseline direct --interleave 2` on the real CPU engine (the
+    default model): the launched worker's engine and the in-process one are both up for the
+    whole run, the sides alternate D G G D, and every round's requests complete."""
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "--launch",
+            "--baseline",
+            "direct",
+            "--interleave",
+            "2",
+            "--max-concurrency",
+            "4",
+            "--num-prompts",
+            "8",
+            "--random-input-len",
+            "16",
+            "--random-output-len",
+            "6",
+            "--ignore-eos",
+            "--warmup",
+            "1",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--out",
+            str(out),
+            "--",
+            "--max-num-seqs",
+            "8",
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert [(r["round"], r["target"]) for r in result["runs"]] == [
+        (0, "direct"),
+        (0, "genq"),
+        (1, "genq"),
+        (1, "direct"),
+    ]
+    for r in result["runs"]:
+        assert r["completed"] == 8 and r["failed"] == 0, r.get("first_errors")
+        assert r["total_output_tokens"] == 48
+    # one worker served both genq rounds: it was not stopped for the direct side
+    genq = [r for r in result["runs"] if r["target"] == "genq"]
+    assert [r["workers_seen"] for r in genq] == [["w1"], ["w1"]]
+    assert result["info"]["direct_start_s"] > 0 and result["info"]["genq_start_s"] > 0
+    pooled = [x for x in result["ratios"] if x.get("round") == "all"]
+    assert len(pooled) == 1 and pooled[0]["rounds"] == 2
+    assert pooled[0]["output_throughput_ratio"] > 0
+    assert sorted(x["round"] for x in result["ratios"] if x["round"] != "all") == [0, 1]
