@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,29 @@ from worker.engine import EngineError, EngineInfo, EngineOutput
 log = logging.getLogger("genq.worker.engine")
 
 CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+# Python's own GIL switch interval (sys.getswitchinterval() in a fresh interpreter).
+INTERPRETER_SWITCH_INTERVAL_S = 0.005
+
+
+@contextlib.contextmanager
+def interpreter_switch_interval() -> Iterator[None]:
+    """Python's default GIL switch interval while vLLM starts its engine core, this
+    process's own after.
+
+    vLLM forks the engine core process while AsyncLLM is built (its default start method
+    when CUDA is not initialized here), and a fork keeps the parent's switch interval. The
+    worker sets 0.5 ms for its own loop (worker/main.py). In the engine core that interval
+    lets its output thread (serialising each step's outputs) take the GIL from the busy
+    loop in the middle of a step every 0.5 ms; with the default 5 ms the output thread runs
+    mostly while the loop waits on the GPU, as in a bare AsyncLLM's engine core."""
+    mine = sys.getswitchinterval()
+    sys.setswitchinterval(INTERPRETER_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(mine)
 
 
 def _on_cpu() -> bool:
@@ -173,11 +197,12 @@ class VllmEngine:
         # batch-size and step-budget defaults depend on the usage context; the engine
         # context's step budget is 2048 tokens on every GPU, `vllm serve`'s 8192 on
         # H100/H200: a burst of 512-token prompts then waits 4x fewer steps for its prefill).
-        self._llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs),
-            usage_context=UsageContext.OPENAI_API_SERVER,
-            stat_loggers=[self.scheduler_stats.factory()],
-        )
+        with interpreter_switch_interval():  # the engine core is forked in here
+            self._llm = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(**kwargs),
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                stat_loggers=[self.scheduler_stats.factory()],
+            )
         cfg = self._llm.vllm_config
         self.info.max_model_len = cfg.model_config.max_model_len
         self.info.max_num_seqs = cfg.scheduler_config.max_num_seqs
