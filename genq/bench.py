@@ -447,7 +447,7 @@ def round_order(rounds: int) -> list[tuple[int, str]]:
 
 async def _interleaved(
     args: argparse.Namespace,
-    plan: Any,
+    make_plan: Callable[[int], Any],
     warm: list[BenchRequest],
     model: str,
     worker_args: list[str],
@@ -457,12 +457,14 @@ async def _interleaved(
     """Both engines up at once (the launched worker's and an in-process one, each with the
     worker args, so both must fit: --gpu-memory-utilization), and the plan run on each in
     turn, `args.interleave` rounds: the two sides of a round are seconds apart, not the
-    minutes of a whole engine start, and only one side is under load at a time."""
+    minutes of a whole engine start, and only one side is under load at a time. Each round
+    has prompts of its own (`make_plan(round)`), the same on both of its sides."""
     runs: list[dict[str, Any]] = []
     async with _direct_engine(worker_args) as (engine, wargs, start_s):
         info["direct_start_s"] = start_s
         warmed: set[str] = set()
         for rnd, side in round_order(args.interleave):
+            plan = make_plan(rnd)
             w = [] if side in warmed else warm
             warmed.add(side)
             if side == "direct":
@@ -691,10 +693,16 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         chat=args.prompt_kind == "chat",
         vocab=(lo, hi),
     )
-    plan = [
-        (conc, n, make_requests(n, seed=args.seed + i, **common))  # type: ignore[arg-type]
-        for i, (conc, n) in enumerate(pairs)
-    ]
+
+    def make_plan(rnd: int) -> list[tuple[int | None, int, list[BenchRequest]]]:
+        # each --interleave round has prompts of its own (both sides of it the same ones):
+        # prompts seen in an earlier round would be prefix-cache hits, with no prefill
+        return [
+            (conc, n, make_requests(n, seed=args.seed + i + 100_000 * rnd, **common))  # type: ignore[arg-type]
+            for i, (conc, n) in enumerate(pairs)
+        ]
+
+    plan = make_plan(0)
     warm = make_requests(args.warmup, seed=args.seed + 10_000, **common)  # type: ignore[arg-type]
     info: dict[str, Any] = {
         "label": args.label,
@@ -741,7 +749,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     args, plan, warm, model, stack.base_url, target=target, workers=n, stack=stack
                 )
             if args.interleave:
-                runs = await _interleaved(args, plan, warm, model, worker_args, stack, info)
+                runs = await _interleaved(args, make_plan, warm, model, worker_args, stack, info)
             elif args.baseline == "direct":
                 stack.stop_workers()  # free the accelerator for the in-process engine
         if args.baseline == "direct" and not args.interleave:

@@ -525,3 +525,42 @@ def test_interleave_runs_both_real_engines_at_once(tmp_path: Path) -> None:
     assert len(pooled) == 1 and pooled[0]["rounds"] == 2
     assert pooled[0]["output_throughput_ratio"] > 0
     assert sorted(x["round"] for x in result["ratios"] if x["round"] != "all") == [0, 1]
+
+
+def test_interleave_rounds_get_prompts_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round r's prompts differ from round 0's (an engine that saw them would serve them
+    from its prefix cache, without their prefill), and are the same each time asked."""
+    import genq.bench as bench
+
+    class FakeStack:
+        workers: list[Any] = []
+
+        def __init__(self, *_a: Any, **_kw: Any) -> None:
+            pass
+
+        async def wait_ready(self, *_a: Any) -> None:
+            pass
+
+        def stop(self) -> None:
+            pass
+
+    plans: dict[int, Any] = {}
+
+    async def fake_interleaved(args: Any, make_plan: Any, *_a: Any) -> list[dict[str, Any]]:
+        for rnd in (0, 1, 1):
+            plans.setdefault(rnd, []).append(make_plan(rnd))
+        return []
+
+    monkeypatch.setattr(bench, "LaunchedStack", FakeStack)
+    monkeypatch.setattr(bench, "_interleaved", fake_interleaved)
+    argv = ["--launch", "--baseline", "direct", "--interleave", "2", "--num-prompts", "3"]
+    argv += ["--max-concurrency", "2", "--random-input-len", "16", "--", "--model", "m"]
+    args = bench.build_parser().parse_args(argv)
+    asyncio.run(bench.amain(args))
+
+    def prompts(plan: Any) -> list[Any]:
+        return [r.prompt_token_ids for r in plan[0][2]]
+
+    assert prompts(plans[0][0]) != prompts(plans[1][0])
+    assert prompts(plans[1][0]) == prompts(plans[1][1])
+    assert len(prompts(plans[1][0])) == 3
