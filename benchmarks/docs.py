@@ -26,7 +26,8 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 IMG = ROOT / "docs" / "img"
 
 
-def replace_section(name: str, body: str, doc: Path = DOC) -> None:
+def replace_section(name: str, body: str, doc: Path | None = None) -> None:
+    doc = doc or DOC
     begin, end = f"<!-- genq-bench:{name}:begin -->", f"<!-- genq-bench:{name}:end -->"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -134,7 +135,9 @@ def _targets(res: dict[str, Any]) -> list[tuple[str, str]]:
     return [(t, "--" if t == "direct" else "-") for t in names]
 
 
-def _save(fig: Any, ax: Any, filename: str, xlabel: str, ylabel: str, title: str) -> str:
+def _save(
+    fig: Any, ax: Any, filename: str, xlabel: str, ylabel: str, title: str, **legend: Any
+) -> str:
     """Label, grid and legend a plot, write it to docs/img/filename, close it."""
     import matplotlib.pyplot as plt
 
@@ -142,21 +145,49 @@ def _save(fig: Any, ax: Any, filename: str, xlabel: str, ylabel: str, title: str
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(**legend)
     fig.tight_layout()
     fig.savefig(IMG / filename, dpi=110)
     plt.close(fig)
     return filename
 
 
-def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def rounds_plot(name: str, results: list[dict[str, Any]]) -> str:
+    """`genq bench --interleave` results: each run's output tok/s in the order the runs
+    ran (direct, genq, genq, direct, ...), one pair of lines per result (#i: the i-th
+    result given, one host call each)."""
     import matplotlib.pyplot as plt
 
-    IMG.mkdir(parents=True, exist_ok=True)
-    made = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, res in enumerate(results):
+        runs = [r for r in res["runs"] if "round" in r]
+        for target, marker in (("direct", "o--"), ("genq", "s-")):
+            pts = [(k + 1, r["output_throughput"]) for k, r in enumerate(runs)]
+            pts = [p for p, r in zip(pts, runs, strict=True) if r["target"] == target]
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker,
+                color=f"C{i}",
+                label=f"#{i + 1} {target}",
+            )
+    return _save(
+        fig,
+        ax,
+        f"{name}-rounds.png",
+        "run, in the order run (rounds in ABBA order)",
+        "output tokens/s",
+        "Interleaved rounds: bare AsyncLLM (direct, dashed) and genq",
+        fontsize=8,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+    )
+
+
+def throughput_plot(name: str, results: list[dict[str, Any]]) -> str:
+    """Output tok/s over concurrency, one line per target and result."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for res in results:
         tag = res["info"]["model"]
@@ -170,17 +201,28 @@ def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{tag} {target}")
     ax.set_xscale("log", base=2)
-    made.append(
-        _save(
-            fig,
-            ax,
-            f"{name}-throughput.png",
-            "max concurrency",
-            "output tokens/s",
-            "Output throughput: bare AsyncLLM (direct) and genq",
-        )
+    return _save(
+        fig,
+        ax,
+        f"{name}-throughput.png",
+        "max concurrency",
+        "output tokens/s",
+        "Output throughput: bare AsyncLLM (direct) and genq",
     )
 
+
+def plots(name: str, results: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    made = []
+    if any("round" in r for res in results for r in res["runs"]):
+        made.append(rounds_plot(name, results))  # in place of tok/s over concurrency
+    else:
+        made.append(throughput_plot(name, results))
     fig, ax = plt.subplots(figsize=(6, 4))
     for res in results:
         tag = res["info"]["model"]

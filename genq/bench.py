@@ -68,6 +68,7 @@ from genq.bench_load import (
     metrics,
     openai_chat_client,
     run_load,
+    side_label,
 )
 from genq.bench_stack import LaunchedStack
 from genq.bench_stages import format_stages, job_breakdown, stage_table
@@ -577,13 +578,9 @@ def scaling(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _round(r: dict[str, Any]) -> str:
-    return f", round {r['round']}" if "round" in r else ""
-
-
 def format_row(r: dict[str, Any]) -> str:
     return (
-        f"{r['target'] + _round(r):>8} c={r['max_concurrency'] or 'inf':>4} "
+        f"{side_label(r):>8} c={r['max_concurrency'] or 'inf':>4} "
         f"n={r['num_prompts']:>5} "
         f"ok={r['completed']:>5} req/s={r['request_throughput']:8.2f} "
         f"out tok/s={r['output_throughput']:10.1f} "
@@ -609,14 +606,18 @@ def table(
     lines = [head, "|" + "---|" * 10]
     for r in runs:
         lines.append(
-            f"| {r['target']}{_round(r)} | {r['max_concurrency'] or 'inf'} | {r['num_prompts']} "
+            f"| {side_label(r)} | {r['max_concurrency'] or 'inf'} | {r['num_prompts']} "
             f"| {r['completed']} | {r['request_throughput']:.2f} | {r['output_throughput']:,.0f} "
             f"| {r['p50_ttft_ms']:.1f} / {r['p90_ttft_ms']:.1f} / {r['p99_ttft_ms']:.1f} "
             f"| {r['p50_tpot_ms']:.2f} / {r['p90_tpot_ms']:.2f} / {r['p99_tpot_ms']:.2f} "
             f"| {r['p50_itl_ms']:.2f} / {r['p99_itl_ms']:.2f} "
             f"| {r['p50_e2el_ms']:.0f} / {r['p99_e2el_ms']:.0f} |"
         )
-    direct_e2el = {r["max_concurrency"]: r["mean_e2el_ms"] for r in runs if r["target"] == "direct"}
+    direct_e2el = {
+        (r["max_concurrency"], r.get("round")): r["mean_e2el_ms"]
+        for r in runs
+        if r["target"] == "direct"
+    }
     lines += stage_table(runs, note=stage_note, baseline=direct_e2el)
     lines += cpu_table(runs)
     lines += engine_table(runs)
@@ -628,7 +629,7 @@ def table(
             "|---|---|---|---|---|",
         ]
         for x in rat:
-            side = x.get("target", "genq") + (f", round {x['round']}" if "round" in x else "")
+            side = side_label({"target": "genq", **x})
             if x.get("round") == "all":
                 lines.append(
                     f"| {side} | {x['max_concurrency'] or 'inf'} "

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from genq.bench_load import side_label
+
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 ROLES = ("client", "api", "worker", "consumer", "engine_core", "redis")
@@ -121,7 +123,7 @@ def cpu_table(runs: list[dict[str, Any]]) -> list[str]:
     for r in sampled:
         cells = [f"{r['cpu_pct'][c]:.0f}" if c in r["cpu_pct"] else "-" for c in cols]
         out.append(
-            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | " + " | ".join(cells) + " |"
+            f"| {side_label(r)} | {r['max_concurrency'] or 'inf'} | " + " | ".join(cells) + " |"
         )
     return out
 

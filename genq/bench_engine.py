@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from genq.bench_load import side_label
+
 Fetch = Callable[[], Awaitable[dict[str, float]]]
 
 _GAUGE = re.compile(r'^genq_worker_engine_requests\{[^}]*state="(running|waiting)"[^}]*\} (\S+)$')
@@ -142,7 +144,7 @@ def engine_table(runs: list[dict[str, Any]]) -> list[str]:
     for r in sampled:
         e = r["engine_batch"]
         out.append(
-            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {e['running_mean']:.1f} "
+            f"| {side_label(r)} | {r['max_concurrency'] or 'inf'} | {e['running_mean']:.1f} "
             f"| {e['running_p10']:.0f} | {e['running_min']:.0f} | {e['waiting_mean']:.1f} "
             f"| {e['output_lag_ms_mean'] if 'output_lag_ms_mean' in e else '-'} |"
         )

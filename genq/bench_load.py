@@ -361,6 +361,11 @@ async def run_load(
     return results, time.perf_counter() - t0
 
 
+def side_label(run: dict[str, Any]) -> str:
+    """A run's name in tables: its target, and its round with `genq bench --interleave`."""
+    return run["target"] + (f", round {run['round']}" if "round" in run else "")
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return 0.0

@@ -14,7 +14,7 @@ import asyncio
 import statistics
 from typing import Any
 
-from genq.bench_load import PERCENTILES, RequestResult, percentile
+from genq.bench_load import PERCENTILES, RequestResult, percentile, side_label
 
 STAGES = ("submit", "queue", "engine_first", "relay_first", "engine", "worker_end", "relay_end")
 # the stages that add up to a job's E2EL as its client sees it
@@ -105,7 +105,7 @@ def format_stages(r: dict[str, Any]) -> str:
     parts = [f"{k} {v['p50']:.1f}/{v['p90']:.1f}/{v['p99']:.1f}" for k, v in r["stages_ms"].items()]
     per_worker = " ".join(f"{w}:{n}" for w, n in r.get("jobs_per_worker", {}).items())
     line = (
-        f"{r['target']:>8} c={r['max_concurrency'] or 'inf':>4} stages ms p50/p90/p99: "
+        f"{side_label(r):>8} c={r['max_concurrency'] or 'inf':>4} stages ms p50/p90/p99: "
         + " | ".join(parts)
         + (f" | jobs per worker {per_worker}" if per_worker else "")
     )
@@ -120,11 +120,13 @@ def format_stages(r: dict[str, Any]) -> str:
 
 
 def stage_table(
-    runs: list[dict[str, Any]], note: str = "", baseline: dict[int | None, float] | None = None
+    runs: list[dict[str, Any]],
+    note: str = "",
+    baseline: dict[tuple[int | None, Any], float] | None = None,
 ) -> list[str]:
     """Markdown: where each genq run's time went, one row per run (ms, p50 / p90 / p99),
     with the workers that ran its jobs; `note` goes in the line above the table; then the
-    cycle table, against `baseline` (the direct side's mean E2EL by concurrency)."""
+    cycle table, against `baseline` (the direct side's mean E2EL by concurrency and round)."""
     baseline = baseline or {}
     staged = [r for r in runs if r.get("stages_ms")]
     if not staged:
@@ -144,14 +146,16 @@ def stage_table(
         ]
         per_worker = ", ".join(f"{w}: {n}" for w, n in r.get("jobs_per_worker", {}).items())
         out.append(
-            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | {r.get('workers') or '-'} | "
+            f"| {side_label(r)} | {r['max_concurrency'] or 'inf'} | {r.get('workers') or '-'} | "
             + " | ".join(cells)
             + f" | {per_worker or '-'} |"
         )
     return out + cycle_table(runs, baseline)
 
 
-def cycle_table(runs: list[dict[str, Any]], baseline: dict[int | None, float]) -> list[str]:
+def cycle_table(
+    runs: list[dict[str, Any]], baseline: dict[tuple[int | None, Any], float]
+) -> list[str]:
     """Markdown: the mean of each stage that makes up a job's E2EL, per genq run, beside the
     direct side's mean E2EL at the same concurrency (`baseline`): what genq added per job."""
     rows = [
@@ -172,9 +176,9 @@ def cycle_table(runs: list[dict[str, Any]], baseline: dict[int | None, float]) -
         "|" + "---|" * (5 + len(CYCLE)),
     ]
     for r, c in rows:
-        direct = baseline.get(r["max_concurrency"])
+        direct = baseline.get((r["max_concurrency"], r.get("round")))
         out.append(
-            f"| {r['target']} | {r['max_concurrency'] or 'inf'} | "
+            f"| {side_label(r)} | {r['max_concurrency'] or 'inf'} | "
             + " | ".join(f"{c[k]:.1f}" for k in CYCLE)
             + f" | {c['sum']:.1f} | "
             + (f"{direct:.1f} | {c['sum'] - direct:+.1f} |" if direct else "- | - |")

@@ -156,10 +156,18 @@ def test_stage_times_split_a_job_by_its_record() -> None:
     table = "\n".join(
         cycle_table(
             [{"target": "genq", "max_concurrency": 8, "stages_ms": stage_summary([st])}],
-            {8: 1200.0},
+            {(8, None): 1200.0},
         )
     )
     assert "| genq | 8 | 10.0 | 100.0 | 1080.0 | 10.0 | 50.0 | 1250.0 | 1200.0 | +50.0 |" in table
+    # --interleave: each round's genq run against the same round's direct E2EL
+    rounds = [
+        {"target": "genq", "max_concurrency": 8, "round": r, "stages_ms": stage_summary([st])}
+        for r in (0, 1)
+    ]
+    table = "\n".join(cycle_table(rounds, {(8, 0): 1200.0, (8, 1): 1000.0}))
+    assert "| genq, round 0 | 8 | 10.0 |" in table and "| 1250.0 | 1200.0 | +50.0 |" in table
+    assert "| genq, round 1 | 8 | 10.0 |" in table and "| 1250.0 | 1000.0 | +250.0 |" in table
 
 
 def test_scaling_divides_by_the_first_worker_count() -> None:
@@ -564,3 +572,39 @@ def test_interleave_rounds_get_prompts_of_their_own(monkeypatch: pytest.MonkeyPa
     assert prompts(plans[0][0]) != prompts(plans[1][0])
     assert prompts(plans[1][0]) == prompts(plans[1][1])
     assert len(prompts(plans[1][0])) == 3
+
+
+def test_docs_section_of_interleaved_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/docs.py on an --interleave result: the rounds' tables, and a plot of each
+    run's tok/s in the order run in place of tok/s over concurrency."""
+    import benchmarks.docs as docs
+
+    monkeypatch.setattr(docs, "DOC", tmp_path / "B.md")
+    monkeypatch.setattr(docs, "IMG", tmp_path / "img")
+
+    def run(target: str, rnd: int, tok_s: float) -> dict[str, Any]:
+        m = metrics(
+            [RequestResult(success=True, output_tokens=10, prompt_len=4, ttft=0.05, latency=0.5)],
+            1.0,
+        )
+        return {**m, "target": target, "max_concurrency": 8, "num_prompts": 1, "round": rnd,
+                "output_throughput": tok_s, "total_output_tokens": tok_s, "duration_s": 1.0,
+                "ttfts_ms": [50.0]}  # fmt: skip
+
+    runs = [run("direct", 0, 100.0), run("genq", 0, 90.0), run("genq", 1, 95.0)]
+    runs.append(run("direct", 1, 100.0))
+    from genq.bench import ratios
+
+    res = {"info": {"model": "m", "label": "", "date": "d", "command": "c"}, "runs": runs}
+    res["ratios"] = ratios(runs)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res))
+    docs.main(["serve", "sect", str(path)])
+    text = (tmp_path / "B.md").read_text()
+    assert "| direct, round 1 | 8 |" in text and "| genq, round 0 | 8 |" in text
+    assert "| genq, round all | 8 | **0.925** (rounds 2: mean 0.925, 0.900-0.950)" in text
+    assert (tmp_path / "img" / "sect-rounds.png").stat().st_size > 0
+    assert not (tmp_path / "img" / "sect-throughput.png").exists()
+    assert "![sect-rounds.png](img/sect-rounds.png)" in text
