@@ -7,7 +7,9 @@
 #   torch.compile cache one engine start can take most of that, so split the sides then)
 #   SIDE scale: 1 worker, then 2 (one GPU each) behind 4 API processes, no direct side
 #   (benchmarks/gpu_scaling.sh; needs 2 GPUs)
-# GENQ_BENCH_ARGS: more `genq bench` arguments, e.g. "--api-workers 2"
+# GENQ_BENCH_ARGS: more `genq bench` arguments, e.g. "--api-workers 2"; with SIDE both,
+#   "--interleave N" runs N ABBA rounds with both engines up (add --gpu-memory-utilization 0.4
+#   to the worker args): the measurement to prefer on hosts that drift (docs/BENCHMARKS.md)
 # GENQ_PROFILE=1: also take py-spy profiles of genq's processes mid-run (gpu_profile.py)
 # GENQ_PAIRS=N: with SIDE both, N pairs in a row and their spread (benchmarks/pairs.py)
 set -uo pipefail
