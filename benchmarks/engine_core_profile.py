@@ -12,6 +12,9 @@ neighbour shows there, one that does more work per step shows in the profile.
 
     python -m benchmarks.engine_core_profile OUT_DIR &      # beside benchmarks/gpu_run.sh
     python -m benchmarks.gpu_profile --summary OUT_DIR/engine-core-genq.raw
+
+A device call brings back at most 8 files from $OUT: with gpu_run.sh's own three (or six
+for two invocations), tar OUT_DIR into one file (in run 23 the four files were lost).
 """
 
 from __future__ import annotations

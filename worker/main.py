@@ -247,6 +247,8 @@ def build_engine(args: argparse.Namespace) -> Any:
 # shared this process it waited up to 5 ms at each GIL handoff (H200, 256 jobs: delivery p50
 # 290 ms; 117 ms with 0.5 ms). Celery now has a process of its own; what still shares this
 # GIL is the health server's thread (Kubernetes probes, /metrics scrapes) and the drain.
+# vLLM's engine core, forked from this process, keeps Python's default instead
+# (worker/vllm_engine.py, `interpreter_switch_interval`).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
