@@ -608,3 +608,15 @@ def test_docs_section_of_interleaved_rounds(
     assert (tmp_path / "img" / "sect-rounds.png").stat().st_size > 0
     assert not (tmp_path / "img" / "sect-throughput.png").exists()
     assert "![sect-rounds.png](img/sect-rounds.png)" in text
+
+
+def test_host_interference_measures_alone_and_beside_neighbours() -> None:
+    """benchmarks/host_interference.py: the workload alone, then beside a spinning and a
+    memory-streaming neighbour, each as a ratio to alone."""
+    from benchmarks.host_interference import main as interference
+
+    out = interference(["--neighbours", "1", "--reps", "1"])
+    kinds = [(r["kind"], r["neighbours"]) for r in out["rows"]]
+    assert kinds == [("spin", 0), ("spin", 1), ("memory", 1)]
+    assert out["rows"][0]["ratio"] == 1.0
+    assert all(r["median_s"] > 0 and r["ratio"] > 0 for r in out["rows"])
