@@ -162,8 +162,9 @@ def rounds_plot(name: str, results: list[dict[str, Any]]) -> str:
     for i, res in enumerate(results):
         runs = [r for r in res["runs"] if "round" in r]
         for target, marker in (("direct", "o--"), ("genq", "s-")):
-            pts = [(k + 1, r["output_throughput"]) for k, r in enumerate(runs)]
-            pts = [p for p, r in zip(pts, runs, strict=True) if r["target"] == target]
+            pts = [
+                (k + 1, r["output_throughput"]) for k, r in enumerate(runs) if r["target"] == target
+            ]
             ax.plot(
                 [p[0] for p in pts],
                 [p[1] for p in pts],

@@ -463,11 +463,9 @@ async def _interleaved(
     runs: list[dict[str, Any]] = []
     async with _direct_engine(worker_args) as (engine, wargs, start_s):
         info["direct_start_s"] = start_s
-        warmed: set[str] = set()
         for rnd, side in round_order(args.interleave):
             plan = make_plan(rnd)
-            w = [] if side in warmed else warm
-            warmed.add(side)
+            w = warm if rnd == 0 else []  # round 0 runs each side first
             if side == "direct":
                 got = await _direct_runs(args, plan, w, engine, wargs)
             else:
@@ -513,23 +511,19 @@ def pooled_ratios(
 ) -> list[dict[str, Any]]:
     """--interleave: per (genq target, concurrency) over all rounds, genq's output tokens /
     run time over direct's, and the per-round ratios' mean, min and max."""
+    by_key: dict[tuple[str, int], list[float]] = {}
+    for x in per_round:
+        if "round" in x:
+            key = (x["target"], x["max_concurrency"] or 0)
+            by_key.setdefault(key, []).append(x["output_throughput_ratio"])
     out = []
-    keys = sorted(
-        {(x["target"], x["max_concurrency"] or 0) for x in per_round if "round" in x},
-        key=lambda k: (k[0], k[1]),
-    )
-    for target, conc in keys:
+    for (target, conc), each in sorted(by_key.items()):
 
         def rate(t: str, conc: int = conc) -> float:
             rs = [r for r in runs if r["target"] == t and (r["max_concurrency"] or 0) == conc]
             secs = sum(r["duration_s"] for r in rs)
             return sum(r["total_output_tokens"] for r in rs) / secs if secs else 0.0
 
-        each = [
-            x["output_throughput_ratio"]
-            for x in per_round
-            if x["target"] == target and (x["max_concurrency"] or 0) == conc and "round" in x
-        ]
         direct = rate("direct")
         out.append(
             {
@@ -739,20 +733,28 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             )
             await stack.wait_ready(model, args.ready_timeout)
             info["genq_start_s"] = time.perf_counter() - t0
-            for n in counts if not args.interleave else []:
-                if n > len(stack.workers):  # the new ones start while the others idle
-                    t0 = time.perf_counter()
-                    stack.add_workers(n)
-                    await stack.wait_ready(model, args.ready_timeout)
-                    info.setdefault("scale_start_s", {})[str(n)] = time.perf_counter() - t0
-                target = f"genq-{n}w" if args.scale_workers else "genq"
-                runs += await _genq_side(
-                    args, plan, warm, model, stack.base_url, target=target, workers=n, stack=stack
-                )
-            if args.interleave:
+            if args.interleave:  # one worker, in rounds against the direct engine
                 runs = await _interleaved(args, make_plan, warm, model, worker_args, stack, info)
-            elif args.baseline == "direct":
-                stack.stop_workers()  # free the accelerator for the in-process engine
+            else:
+                for n in counts:
+                    if n > len(stack.workers):  # the new ones start while the others idle
+                        t0 = time.perf_counter()
+                        stack.add_workers(n)
+                        await stack.wait_ready(model, args.ready_timeout)
+                        info.setdefault("scale_start_s", {})[str(n)] = time.perf_counter() - t0
+                    target = f"genq-{n}w" if args.scale_workers else "genq"
+                    runs += await _genq_side(
+                        args,
+                        plan,
+                        warm,
+                        model,
+                        stack.base_url,
+                        target=target,
+                        workers=n,
+                        stack=stack,
+                    )
+                if args.baseline == "direct":
+                    stack.stop_workers()  # free the accelerator for the in-process engine
         if args.baseline == "direct" and not args.interleave:
             direct_runs, info["direct_start_s"] = await _direct_side(args, plan, warm, worker_args)
             runs += direct_runs
