@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-TICK = os.sysconf("SC_CLK_TCK")
+from benchmarks.gpu_profile import py_spy
+from genq.bench_cpu import cpu_seconds, stat_cpu_seconds, stat_fields
 
 
 def _read(path: Path) -> str:
@@ -39,23 +37,17 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _stat_fields(text: str) -> list[str]:
-    # the command name (field 2) may hold spaces: split after its closing parenthesis
-    return text[text.rfind(")") + 2 :].split() if text else []
-
-
-def cpu_seconds(stat: str) -> float:
-    f = _stat_fields(stat)
-    return (int(f[11]) + int(f[12])) / TICK if len(f) > 12 else 0.0
+def _cpu(stat: str) -> float:
+    return stat_cpu_seconds(stat_fields(stat)) or 0.0
 
 
 def processor(stat: str) -> int:
-    f = _stat_fields(stat)
+    f = stat_fields(stat)
     return int(f[36]) if len(f) > 36 else -1
 
 
 def parent(pid: int) -> int:
-    f = _stat_fields(_read(Path(f"/proc/{pid}/stat")))
+    f = stat_fields(_read(Path(f"/proc/{pid}/stat")))
     return int(f[1]) if len(f) > 1 else 0
 
 
@@ -87,7 +79,7 @@ def all_threads() -> dict[tuple[int, int], tuple[float, int, str]]:
             stat = _read(task / "stat")
             if stat:
                 comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-                out[(int(proc.name), int(task.name))] = (cpu_seconds(stat), processor(stat), comm)
+                out[(int(proc.name), int(task.name))] = (_cpu(stat), processor(stat), comm)
     return out
 
 
@@ -122,7 +114,7 @@ def main() -> None:
     ap.add_argument("--settle", type=int, default=6, help="busy seconds before recording")
     ap.add_argument("--timeout", type=float, default=560)
     args = ap.parse_args()
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    spy = py_spy()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
     busy_for: dict[int, int] = {}
@@ -131,7 +123,7 @@ def main() -> None:
     while len(done) < 2 and time.monotonic() - t0 < args.timeout:
         time.sleep(1.0)
         for pid in engine_cores():
-            cpu = cpu_seconds(_read(Path(f"/proc/{pid}/stat")))
+            cpu = cpu_seconds(pid) or 0.0
             busy = cpu - last.get(pid, cpu) >= args.busy
             last[pid] = cpu
             busy_for[pid] = busy_for.get(pid, 0) + 1 if busy else 0

@@ -46,8 +46,13 @@ def jobs_started(state_dir: Path) -> int:
     return n
 
 
+def py_spy() -> str:
+    """The py-spy to run: on PATH, else beside this Python (a venv's bin/)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 def record(state_dir: Path, out_dir: Path, after_jobs: int, seconds: int, timeout_s: float) -> None:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    spy = py_spy()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     while jobs_started(state_dir) < after_jobs:

@@ -22,13 +22,24 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 ROLES = ("client", "api", "worker", "consumer", "engine_core", "redis")
 
 
+def stat_fields(stat: str) -> list[str]:
+    """The fields of a /proc/PID[/task/TID]/stat line after the command name (which may hold
+    spaces and parentheses): [0] the state, [1] the parent, [11] and [12] user and system
+    clock ticks, [36] the CPU it last ran on. [] for an empty line."""
+    return stat.rsplit(")", 1)[1].split() if ")" in stat else []
+
+
+def stat_cpu_seconds(fields: list[str]) -> float | None:
+    """User + system CPU seconds from `stat_fields` (None if the line was cut short)."""
+    return (int(fields[11]) + int(fields[12])) / _TICK if len(fields) > 12 else None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds a process has used so far (None once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        return stat_cpu_seconds(stat_fields(Path(f"/proc/{pid}/stat").read_text()))
+    except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _children(pid: int) -> list[int]:

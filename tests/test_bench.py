@@ -620,3 +620,20 @@ def test_host_interference_measures_alone_and_beside_neighbours() -> None:
     assert kinds == [("spin", 0), ("spin", 1), ("memory", 1)]
     assert out["rows"][0]["ratio"] == 1.0
     assert all(r["median_s"] > 0 and r["ratio"] > 0 for r in out["rows"])
+
+
+def test_proc_stat_fields_survive_a_command_name_with_parentheses() -> None:
+    """genq/bench_cpu.stat_fields (the CPU sampler's and engine_core_profile's parser of
+    /proc/PID/stat): fields counted after the command name, whatever it holds."""
+    from benchmarks.engine_core_profile import processor, side_of
+    from genq.bench_cpu import cpu_seconds, stat_cpu_seconds, stat_fields
+
+    line = "42 (VLLM::Engine) (x)) R 7 " + " ".join(str(i) for i in range(4, 52))
+    f = stat_fields(line)
+    assert f[0] == "R" and f[1] == "7"
+    assert stat_cpu_seconds(f) == (13 + 14) / os.sysconf("SC_CLK_TCK")  # fields [11], [12]
+    assert stat_fields("") == [] and stat_cpu_seconds([]) is None
+    own = Path(f"/proc/{os.getpid()}/stat").read_text()
+    assert processor(own) in os.sched_getaffinity(0)
+    assert (cpu_seconds(os.getpid()) or 0) > 0
+    assert side_of(os.getpid()) == "direct"  # no genq worker above pytest
