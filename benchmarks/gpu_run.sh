@@ -40,6 +40,12 @@ if [ "${GENQ_PROFILE:-0}" = 1 ]; then
   python3 -m benchmarks.gpu_profile "/tmp/genq-$NAME" "$OUTD/profile-$NAME" \
     --after-jobs "${GENQ_PROFILE_AFTER:-800}" --seconds "${GENQ_PROFILE_S:-12}" &
 fi
+# The GPU's clocks, power and throttle reasons every 0.5 s, to tell a slower GPU from a
+# slower genq (python -m benchmarks.gpu_clocks CSV BENCH.json: per run)
+CLOCKS="$OUTD/gpu-clocks-$NAME.csv"
+nvidia-smi --query-gpu="$(python3 -c 'from benchmarks.gpu_clocks import QUERY; print(QUERY)')" \
+  --format=csv,noheader,nounits -lms 500 > "$CLOCKS" 2>/dev/null &
+CLOCKS_PID=$!
 # GENQ_PAIRS=N (SIDE both): N genq/direct pairs in a row, bench-NAME-both-K.json, then their
 # spread (benchmarks/pairs.py): on these hosts one pair's ratio moves by +-5-10%
 PAIRS=${GENQ_PAIRS:-1}
@@ -60,6 +66,8 @@ for k in $(seq 1 "$PAIRS"); do
   [ "$rc" = 0 ] || break
   OUTS+=("$OUTF")
 done
+kill "$CLOCKS_PID" 2>/dev/null
+[ -s "$OUTF" ] && python3 -m benchmarks.gpu_clocks "$CLOCKS" "$OUTF" | head -20
 if [ "$PAIRS" -gt 1 ] && [ "$SIDE" = both ] && [ "${#OUTS[@]}" -gt 0 ]; then
   python3 -m benchmarks.pairs "${OUTS[@]}"
 fi

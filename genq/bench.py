@@ -288,6 +288,7 @@ async def _side(
             cpu.start()
         if engine is not None:
             engine.start()
+        wall_start = time.time()
         results, duration = await run_load(
             fn,
             reqs,
@@ -310,6 +311,9 @@ async def _side(
                 "request_rate": args.request_rate,
                 **m,
                 **(fields or {}),
+                # when it ran, to line it up with samplers outside genq (GPU clocks)
+                "wall_start": round(wall_start, 3),
+                "wall_end": round(time.time(), 3),
                 "ttfts_ms": [round(r.ttft * 1000, 3) for r in results if r.success],
             }
         )

@@ -622,6 +622,22 @@ def test_host_interference_measures_alone_and_beside_neighbours() -> None:
     assert all(r["median_s"] > 0 and r["ratio"] > 0 for r in out["rows"])
 
 
+def test_host_interference_sustained_load_reports_each_tenth() -> None:
+    """--sustain: the workload timed over a window, alone and beside spinners, per tenth of
+    the window, with the last tenth over the first."""
+    from benchmarks.host_interference import main as interference
+
+    out = interference(
+        ["--neighbours", "1", "--reps", "1", "--sustain", "5", "--sustain-neighbours", "1"]
+    )
+    alone, busy = out["sustained"]
+    assert (alone["neighbours"], busy["neighbours"]) == (0, 1)
+    for r in (alone, busy):
+        seen = [x for x in r["tenths_median_s"] if x is not None]
+        assert len(r["tenths_median_s"]) == 10 and len(seen) >= 2 and min(seen) > 0
+        assert r["last_over_first"] == round(seen[-1] / seen[0], 3)
+
+
 def test_proc_stat_fields_survive_a_command_name_with_parentheses() -> None:
     """genq/bench_cpu.stat_fields (the CPU sampler's and engine_core_profile's parser of
     /proc/PID/stat): fields counted after the command name, whatever it holds."""
@@ -637,3 +653,40 @@ def test_proc_stat_fields_survive_a_command_name_with_parentheses() -> None:
     assert processor(own) in os.sched_getaffinity(0)
     assert (cpu_seconds(os.getpid()) or 0) > 0
     assert side_of(os.getpid()) == "direct"  # no genq worker above pytest
+
+
+def test_gpu_clocks_summarises_each_run_from_its_wall_times(tmp_path: Path) -> None:
+    """benchmarks/gpu_clocks.py: nvidia-smi's samples (local timestamps) are assigned to the
+    runs whose wall_start/wall_end hold them; N/A cells and a second GPU's rows are skipped,
+    and only non-zero throttle masks are listed."""
+    import time as _time
+
+    from benchmarks.gpu_clocks import main as clocks
+
+    t0 = 1_800_000_000.0
+
+    def stamp(t: float, frac: str = ".250") -> str:
+        return _time.strftime("%Y/%m/%d %H:%M:%S", _time.localtime(t)) + frac
+
+    rows = []
+    for i in range(20):  # one sample a second; the second GPU's row repeats the stamp
+        t = t0 + i
+        sm = 1980 if i < 10 else 1500
+        mask = "0x0000000000000000" if i < 10 else "0x0000000000000004"
+        rows.append(f"{stamp(t)}, {sm}, 3201, {300 + i}, 40, 90, {mask}")
+        rows.append(f"{stamp(t)}, 1, 1, 1, 1, 1, 0x1")
+    rows.append(f"{stamp(t0 + 5, '.750')}, [N/A], 3201, [N/A], 40, 90, 0x0000000000000000")
+    csv_path = tmp_path / "clocks.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    bench = tmp_path / "bench.json"
+    runs = [
+        {"target": "direct", "round": 0, "wall_start": t0, "wall_end": t0 + 9.5},
+        {"target": "genq", "round": 0, "wall_start": t0 + 10, "wall_end": t0 + 19.5},
+        {"target": "genq", "ratio": 1.0},  # no wall times (a ratios row): skipped
+    ]
+    bench.write_text(json.dumps({"runs": runs}))
+    direct, genq = clocks([str(csv_path), str(bench)])
+    assert direct["samples"] == 11 and genq["samples"] == 10
+    assert direct["sm_mhz_mean"] == 1980 and direct["sm_mhz_min"] == 1980
+    assert genq["sm_mhz_mean"] == 1500 and genq["throttle"] == ["0x0000000000000004"]
+    assert direct["throttle"] == [] and direct["power_w_mean"] == 304.5
