@@ -39,6 +39,8 @@ class JobRunner(Protocol):
 
     def run_job_blocking(self, job_id: str) -> str: ...
 
+    def prestart(self, job_id: str) -> None: ...
+
 
 _host: JobRunner | None = None
 
@@ -99,7 +101,13 @@ def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
     if settings.redis_url.startswith("rediss://"):
         app.conf.broker_use_ssl = {"ssl_cert_reqs": "required"}
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(
+        name=TASK_NAME,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        Strategy="worker.celery_app:prestart_strategy",
+    )
     def generate(self: Task, job_id: str, **summary: Any) -> str:
         """Run job `job_id` on this process's engine. kwargs are a summary for Flower only
         (sizes and params, never the prompt)."""
@@ -114,6 +122,37 @@ def make_celery(settings: Settings, visibility_timeout_s: int = 7200) -> Celery:
             raise Reject(str(exc), requeue=True) from exc
 
     return app
+
+
+def prestart_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's default strategy for the task, with one step first: the message's job is
+    sent to the engine process as the consumer receives it (`JobRunner.prestart`). The task
+    itself runs as before, in a pool thread, and waits for that run's outcome; Celery's
+    bookkeeping (the request, events, acks_late's ack when the task returns) is unchanged.
+    A message whose body is not genq's (no job id) goes through untouched."""
+    from celery.worker.strategy import default
+
+    handle = default(task, app, consumer, **kwargs)
+
+    def task_message_handler(message: Any, body: Any, *args: Any, **kw: Any) -> Any:
+        if _host is not None:
+            job_id = _job_id_of(message)
+            if job_id is not None:
+                _host.prestart(job_id)
+        return handle(message, body, *args, **kw)
+
+    return task_message_handler
+
+
+def _job_id_of(message: Any) -> str | None:
+    """The job id the task will be called with (its first argument), from a protocol-2
+    message's JSON body; None for anything else."""
+    try:
+        args = json.loads(message.body)[0]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    job_id = args[0] if args else None
+    return job_id if isinstance(job_id, str) and job_id.startswith("job_") else None
 
 
 def resend_task(app: Celery) -> Any:

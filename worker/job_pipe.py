@@ -90,18 +90,33 @@ class HostProxy:
         self._lock = threading.Lock()
         self._rids = itertools.count()
         self._waiting: dict[int, Future[str]] = {}
+        self._started: dict[str, Future[str]] = {}  # job id -> its run, sent at receipt
         threading.Thread(target=self._read, name="genq-job-pipe", daemon=True).start()
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self._lock:
             self.conn.send(msg)
 
+    def prestart(self, job_id: str) -> None:
+        """Ask the engine process to run `job_id` now, from the consumer's loop thread as
+        the message arrives, instead of once a pool thread has picked up its task: in a
+        wave of messages the loop thread keeps the GIL for the whole wave, and each pool
+        thread then waited for it (`run_job_blocking` collects the outcome). A job already
+        started here (a duplicate delivery) is left to its task, whose claim drops it."""
+        if job_id in self._started:
+            return
+        self._started[job_id] = self._run(job_id)
+
     def run_job_blocking(self, job_id: str) -> str:
+        fut = self._started.pop(job_id, None) or self._run(job_id)
+        return fut.result()
+
+    def _run(self, job_id: str) -> Future[str]:
         fut: Future[str] = Future()
         rid = next(self._rids)
         self._waiting[rid] = fut
         self.send(("run", rid, job_id))
-        return fut.result()
+        return fut
 
     def _read(self) -> None:
         while True:

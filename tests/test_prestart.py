@@ -1,0 +1,98 @@
+"""A job goes to the engine process as its message arrives (worker/celery_app.py's
+`prestart_strategy`, worker/job_pipe.py's `HostProxy.prestart`), and its Celery task, when a
+pool thread runs it, waits for that same run instead of starting another."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from multiprocessing.connection import Connection
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from common.celery_wire import task_message
+from worker import celery_app
+from worker.host import NotAccepting
+from worker.job_pipe import HostProxy
+
+# The engine ends of the test pipes, open for the whole session: HostProxy's reader exits
+# the process when its pipe closes (as a consumer whose engine process died must).
+_ENGINE_ENDS: list[Connection] = []
+
+
+def _message(args: list[Any]) -> SimpleNamespace:
+    """What kombu hands the strategy for one of genq's messages: its body decoded from the
+    envelope's base64 (kombu's Redis transport does that before the strategy sees it)."""
+    _, payload = task_message("genq.generate", args, {}, queue="genq.m", priority=5)
+    envelope = json.loads(payload)
+    return SimpleNamespace(body=base64.b64decode(envelope["body"]), headers=envelope["headers"])
+
+
+def test_a_prestarted_job_is_sent_once_and_its_task_gets_the_outcome() -> None:
+    ours, theirs = socket.socketpair()
+    engine = Connection(theirs.detach())
+    _ENGINE_ENDS.append(engine)
+    proxy = HostProxy(Connection(ours.detach()), on_stop_consuming=lambda: None)
+
+    proxy.prestart("job_a")
+    kind, rid, job_id = engine.recv()
+    assert (kind, job_id) == ("run", "job_a")
+    proxy.prestart("job_a")  # a duplicate delivery while it runs: nothing more is sent
+    assert not engine.poll(0.2)
+
+    got: list[str] = []
+    task = threading.Thread(target=lambda: got.append(proxy.run_job_blocking("job_a")))
+    task.start()
+    assert not engine.poll(0.2)  # the task did not send a second run
+    engine.send(("done", rid, "succeeded"))
+    task.join(5)
+    assert got == ["succeeded"]
+
+    # Once collected, the same job id runs afresh (a redelivery later on): a new request,
+    # and a refusal reaches the task as NotAccepting (Celery hands the message back).
+    refused: list[BaseException] = []
+
+    def run_again() -> None:
+        try:
+            proxy.run_job_blocking("job_a")
+        except NotAccepting as exc:
+            refused.append(exc)
+
+    task = threading.Thread(target=run_again)
+    task.start()
+    kind, rid2, job_id = engine.recv()
+    assert (kind, job_id) == ("run", "job_a") and rid2 != rid
+    engine.send(("refused", rid2, "draining"))
+    task.join(5)
+    assert [str(e) for e in refused] == ["draining"]
+
+
+def test_the_strategy_prestarts_genq_jobs_before_celerys_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, Any]] = []
+
+    class Runner:
+        def run_job_blocking(self, job_id: str) -> str:
+            raise AssertionError("not called by the strategy")
+
+        def prestart(self, job_id: str) -> None:
+            calls.append(("prestart", job_id))
+
+    def default(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
+        return lambda message, body, *a, **kw: calls.append(("celery", message))
+
+    monkeypatch.setattr("celery.worker.strategy.default", default)
+    monkeypatch.setattr(celery_app, "_host", Runner())
+    handle = celery_app.prestart_strategy(None, None, None)  # type: ignore[arg-type]
+
+    genq_msg, other = _message(["job_1", "x"]), _message(["not-a-job"])
+    handle(genq_msg, None, None, None, [])
+    handle(other, None, None, None, [])
+    handle(SimpleNamespace(body=b"\x80 not json"), None, None, None, [])
+    assert calls[:2] == [("prestart", "job_1"), ("celery", genq_msg)]
+    assert [c[0] for c in calls[2:]] == ["celery", "celery"]  # passed through untouched
