@@ -50,18 +50,39 @@ def queue_lists(model: str) -> list[str]:
     return [q if p == 0 else f"{q}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
 
 
+def job_arg(body: bytes | str) -> str | None:
+    """The job id a genq task will be called with (its first argument), from a protocol-2
+    message body (JSON [args, kwargs, embed]); None for any other body."""
+    try:
+        args = json.loads(body)[0]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    job_id = args[0] if isinstance(args, list) and args else None
+    return job_id if isinstance(job_id, str) and job_id.startswith("job_") else None
+
+
+def job_arg_of_envelope(envelope: dict[str, Any]) -> str | None:
+    """`job_arg` of a message as kombu's Redis transport stores it (the envelope's body is
+    base64 when `body_encoding` says so)."""
+    body = envelope.get("body")
+    if body is None:
+        return None
+    try:
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return job_arg(body)
+
+
 def job_id_from_message(raw: bytes | str) -> str | None:
     """The job id of a queued Celery message as kombu's Redis transport stores it (JSON
     envelope; body = base64 JSON [args, kwargs, embed]; genq's task id is the job id)."""
     try:
         env = json.loads(raw)
         headers = env.get("headers") or {}
-        if isinstance(headers.get("id"), str) and headers["id"].startswith("job_"):
-            return str(headers["id"])
-        body = env.get("body")
-        if env.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        return str(args[0]) if args else None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ValueError, TypeError, AttributeError):
         return None
+    if isinstance(headers.get("id"), str) and headers["id"].startswith("job_"):
+        return str(headers["id"])
+    return job_arg_of_envelope(env)

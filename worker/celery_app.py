@@ -25,6 +25,7 @@ from common.settings import Settings
 from common.taskspec import (
     TASK_NAME,
     broker_transport_options,
+    job_arg,
     job_id_from_message,
     shadow_name,
 )
@@ -136,23 +137,12 @@ def prestart_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> 
 
     def task_message_handler(message: Any, body: Any, *args: Any, **kw: Any) -> Any:
         if _host is not None:
-            job_id = _job_id_of(message)
+            job_id = job_arg(message.body)
             if job_id is not None:
                 _host.prestart(job_id)
         return handle(message, body, *args, **kw)
 
     return task_message_handler
-
-
-def _job_id_of(message: Any) -> str | None:
-    """The job id the task will be called with (its first argument), from a protocol-2
-    message's JSON body; None for anything else."""
-    try:
-        args = json.loads(message.body)[0]
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None
-    job_id = args[0] if args else None
-    return job_id if isinstance(job_id, str) and job_id.startswith("job_") else None
 
 
 def resend_task(app: Celery) -> Any:
