@@ -58,6 +58,7 @@ from typing import Any
 
 from genq.bench_cpu import CpuSampler, cpu_table, pin_engine_cores, roles
 from genq.bench_engine import EngineSampler, engine_table, scrape_workers
+from genq.bench_gc import GcPauses, freeze
 from genq.bench_load import (
     BenchRequest,
     RequestFn,
@@ -288,6 +289,9 @@ async def _side(
             cpu.start()
         if engine is not None:
             engine.start()
+        freeze()  # as `vllm bench serve` does before its run (genq/bench_gc.py)
+        gc_pauses = GcPauses()
+        gc_pauses.start()
         wall_start = time.time()
         results, duration = await run_load(
             fn,
@@ -299,6 +303,7 @@ async def _side(
             label=f"{name} c={conc or 'inf'}",
         )
         m = metrics(results, duration)
+        m["client_gc"] = gc_pauses.stop()
         if cpu is not None:
             m["cpu_pct"] = cpu.stop()
         if engine is not None:

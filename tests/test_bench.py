@@ -254,6 +254,9 @@ def test_launch_scale_workers_1_then_2(
         assert batch["samples"] > 0 and 0 < batch["running_mean"] <= 4 * n, batch
         assert len(batch["running_series"]) == len(batch["waiting_series"]) >= batch["samples"]
         assert max(batch["running_series"]) <= 4 * n
+        # the client's own collector during the run (frozen before it, as vLLM's bench does)
+        assert len(r["client_gc"]["collections"]) == 3 and r["client_gc"]["max_pause_ms"] >= 0
+        assert r["wall_start"] < r["wall_end"]
     assert runs[2]["engine_batch"]["running_mean"] > 4  # both workers' batches summed
     assert runs[2]["workers_seen"] == ["w1", "w2"]
     assert [(x["max_concurrency"], x["workers"]) for x in result["scaling"]] == [(8, 2)]
@@ -690,3 +693,28 @@ def test_gpu_clocks_summarises_each_run_from_its_wall_times(tmp_path: Path) -> N
     assert direct["sm_mhz_mean"] == 1980 and direct["sm_mhz_min"] == 1980
     assert genq["sm_mhz_mean"] == 1500 and genq["throttle"] == ["0x0000000000000004"]
     assert direct["throttle"] == [] and direct["power_w_mean"] == 304.5
+
+
+def test_client_gc_is_frozen_and_its_pauses_recorded() -> None:
+    """genq/bench_gc.py: freeze() leaves the live objects outside the collector (a full
+    collection then walks none of them), and GcPauses counts each collection by generation
+    with its pause, only between start() and stop()."""
+    import gc
+
+    from genq.bench_gc import GcPauses, freeze
+
+    plan = [[i] * 512 for i in range(2000)]  # a benchmark's prompts: live for the whole run
+    try:
+        freeze()
+        assert gc.get_freeze_count() >= len(plan)
+        pauses = GcPauses()
+        pauses.start()
+        gc.collect(2)
+        gc.collect(0)
+        got = pauses.stop()
+        gc.collect(2)  # after stop(): not counted
+        assert got["collections"][2] == 1 and got["collections"][0] == 1
+        assert got["max_pause_ms"] > 0 and got["total_pause_ms"] >= got["max_pause_ms"]
+        assert pauses._callback not in gc.callbacks
+    finally:
+        gc.unfreeze()
