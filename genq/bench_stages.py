@@ -19,6 +19,8 @@ from genq.bench_load import PERCENTILES, RequestResult, percentile, side_label
 STAGES = ("submit", "queue", "engine_first", "relay_first", "engine", "worker_end", "relay_end")
 # the stages that add up to a job's E2EL as its client sees it
 CYCLE = ("submit", "queue", "engine", "worker_end", "relay_end")
+# ... and those of them outside the engine: a job's trip, when its engine slot is empty
+TRIP = ("submit", "queue", "worker_end", "relay_end")
 
 
 def stage_times(res: RequestResult, rec: dict[str, Any]) -> dict[str, float]:
@@ -48,6 +50,26 @@ def stage_summary(per_job: list[dict[str, float]]) -> dict[str, dict[str, float]
             out[stage] = {f"p{p}": round(percentile(vals, p), 3) for p in PERCENTILES}
             out[stage]["mean"] = round(statistics.fmean(vals), 3)
     return out
+
+
+def slowest_trips(
+    per_job: list[tuple[float, dict[str, float]]], share: float = 0.01, at_least: int = 10
+) -> list[dict[str, float]]:
+    """The jobs with the longest trips outside the engine (the TRIP stages summed), the
+    slowest `share` of them but at least `at_least`, each with when it was submitted (s
+    after the run's first POST) and its TRIP stages (ms), in submission order: slow trips
+    bunched in time point at a stall of one process, spread ones at a stage's queueing.
+    `per_job`: (wall-clock POST time, stage_times) per job."""
+    whole = [(t, st) for t, st in per_job if t and all(k in st for k in TRIP)]
+    if not whole:
+        return []
+    t0 = min(t for t, _ in whole)
+    n = max(at_least, int(len(whole) * share))
+    worst = sorted(whole, key=lambda x: -sum(x[1][k] for k in TRIP))[:n]
+    return [
+        {"t_s": round(t - t0, 3), **{k: round(st[k], 1) for k in TRIP}}
+        for t, st in sorted(worst, key=lambda x: x[0])
+    ]
 
 
 def cycle_means(stages: dict[str, dict[str, float]]) -> dict[str, float] | None:
@@ -86,7 +108,8 @@ async def job_breakdown(
     """The run's `stages_ms` and which workers ran its jobs, from the job records."""
     done = [r for r in results if r.job_id]
     recs = await fetch_records(session, base_url, [r.job_id for r in done])
-    per_job = [stage_times(r, recs[r.job_id]) for r in done if r.job_id in recs]
+    timed = [(r.wall_post, stage_times(r, recs[r.job_id])) for r in done if r.job_id in recs]
+    per_job = [st for _, st in timed]
     # what the cycle stages add up to: POST start to `done` (E2EL stops at the last delta)
     to_done = [(r.wall_done - r.wall_post) * 1000 for r in done if r.wall_done and r.wall_post]
     by_worker: dict[str, int] = {}
@@ -95,6 +118,7 @@ async def job_breakdown(
             by_worker[rec["worker"]] = by_worker.get(rec["worker"], 0) + 1
     return {
         "stages_ms": stage_summary(per_job),
+        "slowest_trips": slowest_trips(timed),
         "mean_post_to_done_ms": round(statistics.fmean(to_done), 3) if to_done else None,
         "workers_seen": sorted(by_worker),
         "jobs_per_worker": dict(sorted(by_worker.items())),

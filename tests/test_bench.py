@@ -26,7 +26,14 @@ from genq.bench_load import (
     openai_chat_client,
     run_load,
 )
-from genq.bench_stages import STAGES, cycle_means, cycle_table, stage_summary, stage_times
+from genq.bench_stages import (
+    STAGES,
+    TRIP,
+    cycle_means,
+    cycle_table,
+    stage_summary,
+    stage_times,
+)
 from tests.stack import Stack
 
 
@@ -117,6 +124,32 @@ def test_openai_chat_client_measures_a_live_stack(sim_stack: Stack) -> None:
     results, _ = _run_client(openai_chat_client, sim_stack, reqs, max_concurrency=2)
     assert all(r.success for r in results), [r.error for r in results]
     assert all(r.output_tokens == 6 and 0 < r.ttft < r.latency for r in results)
+
+
+def test_slowest_trips_are_the_longest_outside_the_engine_in_submission_order() -> None:
+    """genq/bench_stages.slowest_trips: ranked by submit + queue + worker_end + relay_end
+    (not the engine stage), the slowest 1% but at least `at_least`, listed in the order they
+    were submitted with their time after the first POST; jobs missing a stage are left out."""
+    from genq.bench_stages import slowest_trips
+
+    def job(t: float, trip: float, engine: float = 1000.0) -> tuple[float, dict[str, float]]:
+        q = trip / 4
+        st = {"submit": q, "queue": q, "worker_end": q, "relay_end": q, "engine": engine}
+        return t, st
+
+    jobs = [job(100.0 + i, 10.0 + i, engine=5000.0 - i) for i in range(300)]
+    jobs += [job(150.5, 900.0), job(120.25, 800.0), (99.0, {"submit": 5000.0})]
+    got = slowest_trips(jobs, share=0.01, at_least=4)
+    assert [g["t_s"] for g in got] == [20.25, 50.5, 298.0, 299.0]  # by submission
+    assert got[1] == {
+        "t_s": 50.5,
+        "submit": 225.0,
+        "queue": 225.0,
+        "worker_end": 225.0,
+        "relay_end": 225.0,
+    }
+    assert len(slowest_trips(jobs * 10, share=0.01, at_least=4)) == 30  # 1% of 3,020
+    assert slowest_trips([(99.0, {"submit": 1.0})]) == []
 
 
 def test_stage_times_split_a_job_by_its_record() -> None:
@@ -245,6 +278,10 @@ def test_launch_scale_workers_1_then_2(
         assert cyc is not None and cyc["sum"] == pytest.approx(r["mean_post_to_done_ms"], rel=0.01)
         # the simulated engine's first step is 20 ms: the engine stage holds it
         assert r["stages_ms"]["engine_first"]["p50"] >= 15
+        # the slowest trips outside the engine, each with when it was submitted
+        slow = r["slowest_trips"]
+        assert len(slow) >= 10 and all(set(x) == {"t_s", *TRIP} for x in slow)
+        assert [x["t_s"] for x in slow] == sorted(x["t_s"] for x in slow)
         # every part of the stack was sampled, and each did some work (in a full test run,
         # other tests' processes, also children of pytest, show up as more roles)
         parts = ("client", "api", "worker", "consumer", "redis")
