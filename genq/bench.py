@@ -34,6 +34,13 @@ wall-clock stamps, split a request into stages (ms, p50/p90/p99 in `stages_ms`):
 
 submit + queue + engine + worker_end + relay_end is the client's POST start to `done`: their
 means (printed and tabled beside the direct side's mean E2EL) say what genq added per job.
+`slowest_trips` lists the worst 1% of jobs by their time outside the engine (submit + queue
++ worker_end + relay_end), each with when it was submitted: bunched in time they point at
+one process's stall, spread out at a stage's queueing.
+
+The client's own garbage collector is frozen before each timed run, as `vllm bench serve`
+does, and what it still did during the run is `client_gc` (collections per generation, the
+longest pause, their sum); `wall_start`/`wall_end` line a run up with samplers outside genq.
 
 The client and the API/workers must share a clock (one host, or NTP) for submit and relay.
 
