@@ -68,6 +68,10 @@ for k in $(seq 1 "$PAIRS"); do
 done
 kill "$CLOCKS_PID" 2>/dev/null
 [ -s "$OUTF" ] && python3 -m benchmarks.gpu_clocks "$CLOCKS" "$OUTF" | head -20
+# --interleave: each round as batch ratio x step-rate ratio (benchmarks/rounds.py)
+case " ${GENQ_BENCH_ARGS:-} " in *" --interleave "*)
+  [ -s "$OUTF" ] && python3 -m benchmarks.rounds "$OUTF" | grep -v '^{' ;;
+esac
 if [ "$PAIRS" -gt 1 ] && [ "$SIDE" = both ] && [ "${#OUTS[@]}" -gt 0 ]; then
   python3 -m benchmarks.pairs "${OUTS[@]}"
 fi

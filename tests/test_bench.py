@@ -755,3 +755,37 @@ def test_client_gc_is_frozen_and_its_pauses_recorded() -> None:
         assert pauses._callback not in gc.callbacks
     finally:
         gc.unfreeze()
+
+
+def test_rounds_split_each_round_into_batch_and_step_rate(tmp_path: Path) -> None:
+    """benchmarks/rounds.py: ratio = batch ratio x step-rate ratio per interleaved round
+    (steps/s = output tok/s over the running mean), and the means over every file's rounds;
+    runs without a round (a sequential pair) are left out."""
+    from benchmarks.rounds import main as rounds
+
+    def run(target: str, rnd: int | None, tok_s: float, running: float, tpot: float) -> dict:
+        r = {"target": target, "output_throughput": tok_s, "p50_tpot_ms": tpot}
+        r["engine_batch"] = {"running_mean": running}
+        return r if rnd is None else {**r, "round": rnd}
+
+    a = {
+        "runs": [
+            run("direct", 0, 24_000.0, 240.0, 10.0),
+            run("genq", 0, 22_000.0, 220.0, 10.0),  # batch 0.917, steps 100 vs 100
+            run("genq", 1, 24_000.0, 230.0, 9.0),
+            run("direct", 1, 25_000.0, 250.0, 10.0),  # batch 0.92, steps 104.3 vs 100
+        ]
+    }
+    b = {"runs": [run("direct", None, 1.0, 1.0, 1.0), run("genq", None, 1.0, 1.0, 1.0)]}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = rounds([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    r0, r1 = out["rows"]
+    assert (r0["run"], r0["round"], r1["round"]) == ("a", 0, 1)
+    assert r0["ratio"] == pytest.approx(22 / 24, abs=1e-3)
+    assert r0["batch_ratio"] == pytest.approx(220 / 240, abs=1e-3) and r0["step_ratio"] == 1.0
+    assert r1["ratio"] == pytest.approx(r1["batch_ratio"] * r1["step_ratio"], abs=2e-3)
+    assert r1["tpot_ratio"] == 0.9
+    s = out["summary"]
+    assert s["rounds"] == 2 and s["batch_ratio"]["min"] == r0["batch_ratio"]
+    assert s["ratio"]["mean"] == pytest.approx((r0["ratio"] + r1["ratio"]) / 2, abs=1e-3)
