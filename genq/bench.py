@@ -292,11 +292,13 @@ async def _side(
             raise RuntimeError(f"{name}: warmup requests failed: {bad[0]}")
     runs = []
     for conc, n, reqs in plan:
+        # as `vllm bench serve` does before its run (genq/bench_gc.py); before the samplers
+        # start, so the collection's own time is not the client's CPU during the run
+        freeze()
         if cpu is not None:
             cpu.start()
         if engine is not None:
             engine.start()
-        freeze()  # as `vllm bench serve` does before its run (genq/bench_gc.py)
         gc_pauses = GcPauses()
         gc_pauses.start()
         wall_start = time.time()

@@ -5,7 +5,7 @@ H200 shape), the results so far and, on the direct side, vLLM's frontend. A full
 walks all of it while every request in flight waits: in a closed loop that stalls the next
 submissions of both sides, and on genq's side it also delays every stream's reading, so it
 counts as time genq's jobs spent outside the engine. `vllm bench serve` collects and freezes
-once before its run ("avoid GC processing static data - reduce pause times"); `frozen()` does
+once before its run ("avoid GC processing static data - reduce pause times"); `freeze()` does
 the same before each timed run and `GcPauses` records what the collector still did during
 it (each run's `client_gc`).
 """
