@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from common import keys
-from common.jobstore import JobStore, redis_from_url
+from common.jobstore import JobStore, record_from_hash, redis_from_url
 from common.models import JobRecord
 from common.states import TERMINAL
 
@@ -288,9 +288,13 @@ class StreamRelay:
         if ch is None:
             return
         if data.startswith('{"end"'):
+            # The job's deltas were all queued before this message; none follow it.
+            record = _record_of_end(data)
+            if record is not None:  # it carries the record (see end_event in _prelude.lua)
+                self._end(ch, record)
+                return
             # Fetching the record is a round trip: off the reader's path, so the other
-            # streams' deltas do not queue behind it. The job's deltas were all queued
-            # before this message; none follow it.
+            # streams' deltas do not queue behind it.
             task = asyncio.create_task(self._relay_end(channel, ch))
             self._ending.add(task)
             task.add_done_callback(self._ending.discard)
@@ -319,8 +323,10 @@ class StreamRelay:
     async def _relay_end(self, channel: str, ch: _Channel) -> None:
         job_id = keys.job_id_from_channel(channel)
         record = await self.store.get(job_id, with_request=False)
-        if record is None:
-            return
+        if record is not None:
+            self._end(ch, record)
+
+    def _end(self, ch: _Channel, record: JobRecord) -> None:
         for lst in list(ch.listeners):
             self._put(lst, EndEvent(record))
         if self.on_end is not None:
@@ -556,6 +562,18 @@ def _buffered(conn: Any) -> Callable[[], Any] | None:
         return None
     gets = getattr(reader, "gets", None)
     return gets if callable(gets) else None
+
+
+def _record_of_end(data: str) -> JobRecord | None:
+    """The record an end event carries (a subscribed channel's always does; None for the
+    bare `{"end": status}`, or one that does not parse: the relay then reads the record)."""
+    try:
+        ev = json.loads(data)
+        job = ev.get("job")
+        return record_from_hash(job, ev.get("text", ""), with_request=False) if job else None
+    except (ValueError, KeyError, TypeError):
+        log.warning("relay: an end event without a readable record; reading it instead")
+        return None
 
 
 _SEQ = re.compile(r'"seq":(-?\d+)')

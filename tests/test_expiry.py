@@ -58,7 +58,9 @@ def test_the_sweep_expires_only_queued_jobs_past_their_ttl(redis_server: Any) ->
     late = got["late"]
     assert late.status.value == "expired" and late.error.code == "queue_ttl"
     assert late.started_at is None and late.finished_at is not None
-    assert got["end"] == {"end": "expired"}  # listeners hear the end as for any other
+    end = got["end"]  # listeners hear the end as for any other, with the record
+    assert end["end"] == "expired" and end["job"]["status"] == "expired" and end["text"] == ""
+    assert "request" not in end["job"]
     assert got["taken"].status.value == "running"  # claimed before its deadline: untouched
     assert got["later"].status.value == "queued"
     assert got["left"] == [later_id.encode()]  # due entries are dropped, expired or not

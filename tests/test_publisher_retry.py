@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import redis.exceptions as rex
@@ -141,7 +142,10 @@ def test_finish_rides_with_the_last_delta_and_its_retry_is_idempotent(redis_serv
     assert outcome == (True, "succeeded")
     assert [e.decode() for e in log] == ['{"seq":0,"text":"a"}', '{"seq":1,"text":"b"}']
     assert rec[b"status"] == b"succeeded" and rec[b"finish_reason"] == b"length"
-    assert events == ['{"seq":0,"text":"a"}', '{"seq":1,"text":"b"}', '{"end":"succeeded"}']
+    assert events[:2] == ['{"seq":0,"text":"a"}', '{"seq":1,"text":"b"}']
+    end = json.loads(events[2])  # with a subscriber, the end carries the record and the text
+    assert end["end"] == "succeeded" and end["text"] == "ab"
+    assert end["job"]["status"] == "succeeded" and end["job"]["finish_reason"] == "length"
 
 
 def test_finish_of_a_job_cancelled_meanwhile_reports_its_status(redis_server: Any) -> None:

@@ -10,10 +10,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from api.relay import DeltaEvent, Idle, RelayError, StreamEvent, StreamRelay, relay_client
+from api.relay import DeltaEvent, EndEvent, Idle, RelayError, StreamEvent, StreamRelay, relay_client
 from api.sse import KEEPALIVE, encode
+from common import keys
 from common.jobstore import JobStore, PendingDelta, redis_from_url
 from common.models import JobRequest
+from common.states import JobStatus
 
 
 def _delta(seq: int, text: str) -> DeltaEvent:
@@ -406,3 +408,94 @@ def test_a_stream_whose_subscription_is_never_confirmed_ends_with_an_error(
     assert len(got) == 1 and [type(e) for e in got[0]] == [RelayError]
     assert got[0][0].code == "redis_unavailable"
     assert 0.2 <= waited < 2 and open_streams == 0
+
+
+class _CountingStore(JobStore):
+    """A JobStore that counts the record reads the relay makes."""
+
+    reads = 0
+
+    async def get(self, job_id: str, *, with_request: bool = True) -> Any:
+        self.reads += 1
+        return await super().get(job_id, with_request=with_request)
+
+
+def test_a_live_stream_ends_with_the_record_its_end_event_carries(redis_server: Any) -> None:
+    """A subscribed job's end event carries its record (no request) and text: the relay
+    sends `done` without reading the record back. A bare `{"end": ...}` (a publisher that
+    did not add the record) is still read from the store."""
+
+    async def go() -> tuple[list[Any], list[Any], int, int]:
+        r = redis_from_url(redis_server.url)
+        relay_redis = relay_client(redis_server.url)
+        store = _CountingStore(r)
+        relay = StreamRelay(relay_redis, store)
+        await relay.start()
+        try:
+            out = []
+            reads = []
+            for bare in (False, True):
+                jid, _, _ = await store.create(JobRequest(prompt="x" * 50), model="m")
+                assert (await store.claim(jid, "w")).outcome == "claimed"
+                events = relay.listen(jid)
+                await store.append_deltas("w", [PendingDelta(jid, "hi", 1, 3)])
+                first = await asyncio.wait_for(anext(events), 5)  # subscribed: the delta
+                store.reads = 0
+                if bare:
+                    # an end published without the record (as before end_event)
+                    await r.hset(keys.job(jid), "status", "succeeded")
+                    await r.publish(keys.events(jid), '{"end":"succeeded"}')
+                else:
+                    await store.append_deltas(
+                        "w",
+                        [
+                            PendingDelta(
+                                jid, " there", 1, 3, finish=["succeeded", "finish_reason", "length"]
+                            )
+                        ],
+                    )
+                rest = [ev async for ev in events]
+                out.append([first, *rest])
+                reads.append(store.reads)
+            return out[0], out[1], reads[0], reads[1]
+        finally:
+            await relay.stop()
+            await relay_redis.aclose()
+            await r.aclose()
+
+    carried, bare, carried_reads, bare_reads = asyncio.run(go())
+    assert [type(e).__name__ for e in carried] == ["DeltaEvent", "DeltaEvent", "EndEvent"]
+    rec = carried[-1].record
+    assert rec.status == JobStatus.SUCCEEDED and rec.text == "hi there"
+    assert rec.finish_reason == "length" and rec.usage is not None
+    assert rec.usage.completion_tokens == 2 and rec.request is None
+    assert carried_reads == 0
+    # the bare end: the relay read the record
+    assert isinstance(bare[-1], EndEvent) and bare[-1].record.status == JobStatus.SUCCEEDED
+    assert bare_reads == 1
+
+
+def test_an_end_event_with_no_channel_subscriber_is_bare(redis_server: Any) -> None:
+    """Nobody relays the job (a pattern subscriber is not a channel subscriber): the end
+    event is only its status, and the script reads nothing more for it."""
+
+    async def go() -> str:
+        r = redis_from_url(redis_server.url)
+        store = JobStore(r)
+        jid, _, _ = await store.create(JobRequest(prompt="x"), model="m")
+        assert (await store.claim(jid, "w")).outcome == "claimed"
+        pubsub = r.pubsub()
+        await pubsub.psubscribe(keys.events("*"))
+        await pubsub.get_message(timeout=1)  # the psubscribe confirmation
+        await store.finish(jid, JobStatus.FAILED, worker_id="w")
+        msg = None
+        for _ in range(20):
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if msg:
+                break
+        await pubsub.aclose()
+        await r.aclose()
+        assert msg is not None
+        return str(msg["data"].decode())
+
+    assert asyncio.run(go()) == '{"end":"failed"}'

@@ -12,6 +12,25 @@ local function is_terminal(s)
   return s == 'succeeded' or s == 'failed' or s == 'cancelled' or s == 'expired'
 end
 
+-- The end event a job's listeners get. When someone listens (an API process relaying the
+-- job's stream), it carries the record without its request and the output text, so the
+-- relay sends `done` at once instead of reading the record back first (a round trip per job
+-- end, on an API loop that is busiest when many jobs end together):
+--   {"end": status, "job": {hash field: value, ...}, "text": output}
+-- With no subscriber (a job submitted to be polled) it is only {"end": status}. (NUMSUB
+-- counts channel subscribers, which the relay is, not pattern ones.)
+local function end_event(k, status)
+  local head = '{"end":' .. cjson.encode(status)
+  if redis.call('PUBSUB', 'NUMSUB', k[4])[2] == 0 then return head .. '}' end
+  local h = redis.call('HGETALL', k[1])
+  local job = {}
+  for i = 1, #h, 2 do
+    if h[i] ~= 'request' then job[h[i]] = h[i + 1] end
+  end
+  local text = redis.call('GET', k[3]) or ''
+  return head .. ',"job":' .. cjson.encode(job) .. ',"text":' .. cjson.encode(text) .. '}'
+end
+
 -- Move the job to a terminal status, start its retention clock, tell listeners.
 -- A job may carry its own `retention_s` field (JobRequest.retention_s); it wins over ARGV's.
 -- `k` holds the job's key names in KEYS' order above (a script that handles many jobs, like
@@ -25,7 +44,7 @@ local function finish_at(k, id, status, now, retention, fields)
   redis.call('EXPIRE', k[3], retention)
   redis.call('ZREM', k[5], id)
   redis.call('ZREM', k[6], id)
-  redis.call('PUBLISH', k[4], cjson.encode({['end'] = status}))
+  redis.call('PUBLISH', k[4], end_event(k, status))
 end
 
 local function finish(id, status, now, retention, fields)
