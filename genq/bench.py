@@ -79,7 +79,7 @@ from genq.bench_load import (
     side_label,
 )
 from genq.bench_stack import LaunchedStack
-from genq.bench_stages import format_stages, job_breakdown, stage_table
+from genq.bench_stages import client_timeline, format_stages, job_breakdown, stage_table
 
 EXAMPLES = """examples:
   # an API that is running already (native jobs endpoint, 64 at a time)
@@ -235,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests before each side's runs (and each worker count's)",
     )
     ld.add_argument("--seed", type=int, default=0, help="prompts and arrival times")
+    ld.add_argument(
+        "--timeline",
+        action="store_true",
+        help="keep each request's times in the results (`timeline`: start, first and last "
+        "token; genq's `job_timeline`: POST, created, started, engine done, finished, done; "
+        "ms after the run's start) for `python -m benchmarks.waves`: whether jobs reach the "
+        "engine spread out or in waves (~100 KB per run of 2,560 jobs)",
+    )
     ld.add_argument("--out", type=Path, default=None, help="full results (JSON)")
     ld.add_argument("--label", default="", help="free text stored with the results")
     p.add_argument("worker_args", nargs=argparse.REMAINDER, help="after --: genq worker args")
@@ -270,13 +278,14 @@ async def _side(
     warm: list[BenchRequest],
     *,
     fields: dict[str, Any] | None = None,
-    inspect: Callable[[list[RequestResult]], Awaitable[dict[str, Any]]] | None = None,
+    inspect: Callable[[list[RequestResult], float], Awaitable[dict[str, Any]]] | None = None,
     cpu: CpuSampler | None = None,
     engine: EngineSampler | None = None,
 ) -> list[dict[str, Any]]:
     """Warm up, then one timed run per (concurrency, prompts); `fields` go into every run,
-    `inspect` adds what it finds after each run (outside the timed part), `cpu` the CPU
-    each part of the stack used during it, `engine` how full the engine's batch was."""
+    `inspect` adds what it finds after each run (given its results and start; outside
+    the timed part), `cpu` the CPU each part of the stack used during it, `engine` how
+    full the engine's batch was."""
     if warm:
         res, _ = await run_load(
             fn,
@@ -301,7 +310,7 @@ async def _side(
             engine.start()
         gc_pauses = GcPauses()
         gc_pauses.start()
-        wall_start = time.time()
+        wall_start, perf0 = time.time(), time.perf_counter()
         results, duration = await run_load(
             fn,
             reqs,
@@ -331,9 +340,11 @@ async def _side(
                 "ttfts_ms": [round(r.ttft * 1000, 3) for r in results if r.success],
             }
         )
+        if args.timeline:
+            runs[-1]["timeline"] = client_timeline(results, perf0)
         print(format_row(runs[-1]), file=sys.stderr)
         if inspect is not None:
-            runs[-1].update(await inspect(results))
+            runs[-1].update(await inspect(results, wall_start))
             if runs[-1].get("stages_ms"):
                 print(format_stages(runs[-1]), file=sys.stderr)
     return runs
@@ -379,8 +390,10 @@ async def _genq_side(
                 one_request=args.endpoint == "jobs-stream",
             )
 
-        async def inspect(results: list[RequestResult]) -> dict[str, Any]:
-            return await job_breakdown(session, base_url, results)
+        async def inspect(results: list[RequestResult], wall_start: float) -> dict[str, Any]:
+            return await job_breakdown(
+                session, base_url, results, wall_start if args.timeline else None
+            )
 
         pinned = pin_engine_cores(processes()) if args.pin_engine_core else {}
         if args.pin_engine_core:

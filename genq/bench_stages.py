@@ -82,6 +82,59 @@ def cycle_means(stages: dict[str, dict[str, float]]) -> dict[str, float] | None:
     return out
 
 
+# the per-job times of a run's `timeline` (--timeline), ms after the run's start
+CLIENT_TIMELINE = ("start", "first", "last")
+JOB_TIMELINE = ("post", "created", "started", "first", "engine_done", "finished", "done")
+
+
+def client_timeline(results: list[RequestResult], perf0: float) -> dict[str, Any]:
+    """Each successful request's start, first token and last token, as the client saw
+    them, in ms after `perf0` (perf_counter at the run's start), in start order: both
+    sides have it, so a run's arrivals and ends can be lined up with the other side's."""
+    rows = sorted(
+        [
+            round((r.start_time - perf0) * 1000, 1),
+            round((r.start_time + r.ttft - perf0) * 1000, 1),
+            round((r.start_time + r.latency - perf0) * 1000, 1),
+        ]
+        for r in results
+        if r.success
+    )
+    return {"fields": list(CLIENT_TIMELINE), "ms": rows}
+
+
+def job_timeline(
+    results: list[RequestResult], recs: dict[str, dict[str, Any]], wall0: float
+) -> dict[str, Any]:
+    """Each job's JOB_TIMELINE in ms after `wall0` (the run's wall-clock start): the
+    client's POST and `done` with the record's own stamps between them (None where one is
+    missing), in POST order. Says when each job entered and left the engine, which the
+    stage percentiles cannot: whether a run's jobs arrive at the engine spread out or in
+    waves."""
+
+    def ms(t: Any) -> float | None:
+        return round((float(t) - wall0) * 1000, 1) if t else None
+
+    rows = []
+    for r in results:
+        rec = recs.get(r.job_id)
+        if rec is None:
+            continue
+        rows.append(
+            [
+                ms(r.wall_post),
+                ms(rec.get("created_at")),
+                ms(rec.get("started_at")),
+                ms(rec.get("first_token_at")),
+                ms(rec.get("engine_done_at")),
+                ms(rec.get("finished_at")),
+                ms(r.wall_done),
+            ]
+        )
+    rows.sort(key=lambda row: row[0] or 0.0)
+    return {"fields": list(JOB_TIMELINE), "ms": rows}
+
+
 async def fetch_records(
     session: Any, base_url: str, job_ids: list[str], parallel: int = 64
 ) -> dict[str, dict[str, Any]]:
@@ -103,9 +156,10 @@ async def fetch_records(
 
 
 async def job_breakdown(
-    session: Any, base_url: str, results: list[RequestResult]
+    session: Any, base_url: str, results: list[RequestResult], timeline_from: float | None = None
 ) -> dict[str, Any]:
-    """The run's `stages_ms` and which workers ran its jobs, from the job records."""
+    """The run's `stages_ms` and which workers ran its jobs, from the job records; with
+    `timeline_from` (the run's wall-clock start), also each job's `job_timeline`."""
     done = [r for r in results if r.job_id]
     recs = await fetch_records(session, base_url, [r.job_id for r in done])
     timed = [(r.wall_post, stage_times(r, recs[r.job_id])) for r in done if r.job_id in recs]
@@ -116,7 +170,11 @@ async def job_breakdown(
     for rec in recs.values():
         if rec.get("worker"):
             by_worker[rec["worker"]] = by_worker.get(rec["worker"], 0) + 1
+    extra = (
+        {} if timeline_from is None else {"job_timeline": job_timeline(done, recs, timeline_from)}
+    )
     return {
+        **extra,
         "stages_ms": stage_summary(per_job),
         "slowest_trips": slowest_trips(timed),
         "mean_post_to_done_ms": round(statistics.fmean(to_done), 3) if to_done else None,

@@ -17,6 +17,8 @@ import aiohttp
 import httpx
 import pytest
 
+from benchmarks.waves import crowding, peak
+from benchmarks.waves import main as waves_main
 from genq.bench import main, scaling
 from genq.bench_load import (
     RequestResult,
@@ -548,6 +550,7 @@ def test_interleave_runs_both_real_engines_at_once(tmp_path: Path) -> None:
             "1",
             "--state-dir",
             str(tmp_path / "state"),
+            "--timeline",
             "--out",
             str(out),
             "--",
@@ -556,6 +559,7 @@ def test_interleave_runs_both_real_engines_at_once(tmp_path: Path) -> None:
         ]
     )
     result = json.loads(out.read_text())
+    check_timelines(result, out, tmp_path)
     assert [(r["round"], r["target"]) for r in result["runs"]] == [
         (0, "direct"),
         (0, "genq"),
@@ -573,6 +577,40 @@ def test_interleave_runs_both_real_engines_at_once(tmp_path: Path) -> None:
     assert len(pooled) == 1 and pooled[0]["rounds"] == 2
     assert pooled[0]["output_throughput_ratio"] > 0
     assert sorted(x["round"] for x in result["ratios"] if x["round"] != "all") == [0, 1]
+
+
+def check_timelines(result: dict[str, Any], out: Path, tmp_path: Path) -> None:
+    """--timeline: every request's times, in order, on both sides; benchmarks.waves reads
+    them."""
+    for r in result["runs"]:
+        t = r["timeline"]
+        assert t["fields"] == ["start", "first", "last"] and len(t["ms"]) == 8
+        assert all(0 <= a <= b <= c for a, b, c in t["ms"])
+        if r["target"] == "genq":
+            jt = r["job_timeline"]
+            assert jt["fields"][0] == "post" and len(jt["ms"]) == 8
+            for post, created, started, first, done_e, finished, done in jt["ms"]:
+                assert post <= created <= started <= first <= finished <= done
+                assert started <= done_e <= finished
+    png = tmp_path / "waves.png"
+    got = waves_main([str(out), "--plot", str(png)])
+    assert [row["side"] for row in got["rows"]] == [
+        "direct, round 0",
+        "genq, round 0",
+        "genq, round 1",
+        "direct, round 1",
+    ]
+    assert all(row["jobs"] == 8 and row["admit_peak"] >= 1 for row in got["rows"])
+    assert png.stat().st_size > 0
+
+
+def test_waves_crowding_and_peak() -> None:
+    """Crowding: the mean count of times within 50 ms either side (itself included); peak:
+    the most in any 100 ms."""
+    assert crowding([0.0, 10.0, 20.0, 1000.0]) == 2.5
+    assert peak([0.0, 10.0, 20.0, 1000.0]) == 3
+    assert crowding([float(i * 8) for i in range(100)]) == pytest.approx(12.5, abs=0.6)
+    assert crowding([]) == 0.0 and peak([]) == 0
 
 
 def test_interleave_rounds_get_prompts_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
