@@ -8,15 +8,18 @@ which vLLM's SchedulerStats show as `waiting` requests and a `running` count tha
 The H200 runs 21-26 had genq's engine at waiting 8-14 and running p10 115-164 where the
 direct engine, same load, had 2 and 210-220. This splits a run into what the engine saw:
 
-  * admissions: when each request reached the engine (direct: its `generate` call; genq:
-    its claim, `started`), and ends: its last token (direct: as the client saw it; genq:
+  * admissions: when the engine core queued each request (its own stamp; in results from
+    before the twelfth session, when it was handed to the engine: direct's `generate`
+    call, genq's claim), and ends: its last token (direct: as the client saw it; genq:
     `engine_done`, the engine's own stamp);
   * crowding: for each admission, how many admissions fell within 100 ms of it (its own
     included), averaged over the run; a run spread evenly at 120 jobs/s gives ~12 (one
     per 8 ms); a wave of 200 inside 100 ms, ~100+;
   * peak: the most admissions (ends) in any 100 ms;
-  * engine wait: admission to first token, p50/p90 (direct: its TTFT; genq: `started` to
-    `first`, which includes the publisher's write of the first delta).
+  * waits, p50/p90: to the first token (direct: its TTFT; genq: claim to its first delta
+    written), and its first two parts: to the core (direct: `generate` to queued in the
+    core; genq: claim to queued, the worker's frontend) and in the core's queue (queued to
+    first scheduled: a free slot and prefill budget).
 
     python -m benchmarks.waves BENCH.json [BENCH.json ...] [--plot PNG --round N]
 
@@ -38,27 +41,52 @@ from genq.bench_load import percentile, side_label
 WINDOW_MS = 100.0
 
 
-def admissions_and_ends(run: dict[str, Any]) -> tuple[list[float], list[float], list[float]]:
-    """(admission times, end times, engine waits) of a run in ms, from its timeline:
-    genq's `job_timeline` (the engine's own stamps) when it has one, else the client's."""
+class Waits:
+    """A run's per-request waits before its first token, ms: `to_core` (the frontend:
+    direct's `generate` call, genq's claim, until the engine core queued it), `in_core` (queued
+    until first scheduled: a free slot and prefill budget), `first` (admission to first
+    token as the timeline has it: direct's TTFT, genq's claim to its first delta written)."""
+
+    def __init__(self) -> None:
+        self.to_core: list[float] = []
+        self.in_core: list[float] = []
+        self.first: list[float] = []
+
+
+def _col(table: dict[str, Any], row: list[Any], name: str) -> Any:
+    fields = table["fields"]
+    return row[fields.index(name)] if name in fields else None
+
+
+def admissions_and_ends(run: dict[str, Any]) -> tuple[list[float], list[float], Waits]:
+    """(admission times, end times, waits) of a run in ms, from its timeline: genq's
+    `job_timeline` (the engine's own stamps) when it has one, else the client's. An
+    admission is when the engine core queued the request where the timeline says (since
+    the twelfth session), else when it was handed to the engine (direct: `generate`;
+    genq: its claim)."""
+    waits = Waits()
     jt = run.get("job_timeline")
-    if jt:
-        f = {k: i for i, k in enumerate(jt["fields"])}
-        rows = [r for r in jt["ms"] if r[f["started"]] is not None and r[f["engine_done"]]]
-        starts = [r[f["started"]] for r in rows]
-        ends = [r[f["engine_done"]] for r in rows]
-        waits = [r[f["first"]] - r[f["started"]] for r in rows if r[f["first"]] is not None]
-        return sorted(starts), sorted(ends), waits
-    ct = run.get("timeline")
-    if not ct:
-        return [], [], []
-    f = {k: i for i, k in enumerate(ct["fields"])}
-    rows = ct["ms"]
-    return (
-        sorted(r[f["start"]] for r in rows),
-        sorted(r[f["last"]] for r in rows),
-        [r[f["first"]] - r[f["start"]] for r in rows],
+    t = jt or run.get("timeline")
+    if not t:
+        return [], [], waits
+    start_col, end_col, first_col = (
+        ("started", "engine_done", "first") if jt else ("start", "last", "first")
     )
+    starts, ends = [], []
+    for row in t["ms"]:
+        start, end = _col(t, row, start_col), _col(t, row, end_col)
+        if start is None or not end:
+            continue
+        queued, scheduled = _col(t, row, "queued"), _col(t, row, "scheduled")
+        first = _col(t, row, first_col)
+        starts.append(queued if queued is not None else start)
+        ends.append(end)
+        if first is not None:
+            waits.first.append(first - start)
+        if queued is not None and scheduled is not None:
+            waits.to_core.append(queued - start)
+            waits.in_core.append(scheduled - queued)
+    return sorted(starts), sorted(ends), waits
 
 
 def crowding(times: list[float], window: float = WINDOW_MS) -> float:
@@ -80,6 +108,10 @@ def peak(times: list[float], window: float = WINDOW_MS) -> int:
     return best
 
 
+def _p50_p90(vals: list[float]) -> tuple[float, float] | None:
+    return (round(percentile(vals, 50), 1), round(percentile(vals, 90), 1)) if vals else None
+
+
 def run_row(run: dict[str, Any], name: str) -> dict[str, Any] | None:
     starts, ends, waits = admissions_and_ends(run)
     if not starts:
@@ -93,8 +125,9 @@ def run_row(run: dict[str, Any], name: str) -> dict[str, Any] | None:
         "admit_peak": peak(starts),
         "end_crowding": round(crowding(ends), 1),
         "end_peak": peak(ends),
-        "engine_wait_p50": round(percentile(waits, 50), 1) if waits else None,
-        "engine_wait_p90": round(percentile(waits, 90), 1) if waits else None,
+        "first_wait": _p50_p90(waits.first),
+        "to_core": _p50_p90(waits.to_core),
+        "in_core": _p50_p90(waits.in_core),
         "running_mean": batch.get("running_mean"),
         "running_p10": batch.get("running_p10"),
         "waiting_mean": batch.get("waiting_mean"),
@@ -104,15 +137,20 @@ def run_row(run: dict[str, Any], name: str) -> dict[str, Any] | None:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
         "| run | side | jobs | admissions: crowding / peak per 100 ms | ends: crowding / peak "
-        "| engine wait p50 / p90 ms | running mean / p10 | waiting mean |",
-        "|---|---|---|---|---|---|---|---|",
+        "| to first token p50 / p90 ms | to the core | in the core's queue "
+        "| running mean / p10 | waiting mean |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def pair(v: tuple[float, float] | None) -> str:
+        return f"{v[0]} / {v[1]}" if v else "-"
+
     for r in rows:
         out.append(
             f"| {r['run']} | {r['side']} | {r['jobs']} | {r['admit_crowding']} / "
             f"{r['admit_peak']} | {r['end_crowding']} / {r['end_peak']} | "
-            f"{r['engine_wait_p50']} / {r['engine_wait_p90']} | {r['running_mean']} / "
-            f"{r['running_p10']} | {r['waiting_mean']} |"
+            f"{pair(r['first_wait'])} | {pair(r['to_core'])} | {pair(r['in_core'])} | "
+            f"{r['running_mean']} / {r['running_p10']} | {r['waiting_mean']} |"
         )
     return out
 

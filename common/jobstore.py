@@ -88,8 +88,10 @@ def finish_fields(
     usage: Usage | None = None,
     error: JobError | None = None,
     engine_done_at: float | None = None,
+    engine_stamps: tuple[float, float, float] | None = None,
 ) -> list[str]:
-    """The record fields a terminal state sets, as [field, value, ...]."""
+    """The record fields a terminal state sets, as [field, value, ...]; `engine_stamps`:
+    the engine core's queued, scheduled and first-token times (wall clock)."""
     fields: list[str] = []
     if finish_reason is not None:
         fields += ["finish_reason", finish_reason]
@@ -104,7 +106,14 @@ def finish_fields(
         fields += ["error", error.model_dump_json()]
     if engine_done_at is not None:
         fields += ["engine_done_at", repr(engine_done_at)]
+    if engine_stamps is not None:
+        for name, t in zip(ENGINE_STAMP_FIELDS, engine_stamps, strict=True):
+            fields += [name, repr(t)]
     return fields
+
+
+# JobRecord's fields for the engine core's stamps, in EngineOutput.engine_stamps' order
+ENGINE_STAMP_FIELDS = ("engine_queued_at", "engine_scheduled_at", "engine_first_token_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +501,9 @@ def record_from_hash(
         created_at=float(raw["created_at"]),
         started_at=_f(raw, "started_at"),
         first_token_at=_f(raw, "first_token_at"),
+        engine_queued_at=_f(raw, "engine_queued_at"),
+        engine_scheduled_at=_f(raw, "engine_scheduled_at"),
+        engine_first_token_at=_f(raw, "engine_first_token_at"),
         engine_done_at=_f(raw, "engine_done_at"),
         finished_at=_f(raw, "finished_at"),
         attempts=int(raw.get("attempts") or 0),

@@ -178,6 +178,13 @@ class JobRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     first_token_at: float | None = None
+    # When vLLM's engine core queued the job's request, first scheduled it and produced its
+    # first token (its clock, as wall time): started_at to engine_queued_at is the worker's
+    # frontend (claim, add_request), engine_queued_at to engine_scheduled_at the engine's
+    # queue (a slot, the prefill budget). Set when the job ends, where the engine gives them.
+    engine_queued_at: float | None = None
+    engine_scheduled_at: float | None = None
+    engine_first_token_at: float | None = None
     # When the engine produced the job's last token (vLLM's engine-core clock, as wall time);
     # finished_at minus this is the worker's share of the end: its loop, the last write.
     engine_done_at: float | None = None

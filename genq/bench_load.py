@@ -45,6 +45,10 @@ class RequestResult:
     wall_post: float = 0.0
     wall_first: float = 0.0
     wall_done: float = 0.0
+    # direct: when the engine core queued and first scheduled the request (perf_counter's
+    # clock; 0 when the engine gave no stats)
+    core_queued: float = 0.0
+    core_scheduled: float = 0.0
 
 
 _WORDS = (
@@ -248,6 +252,8 @@ def direct_client(llm: Any, ignore_eos: bool, temperature: float, detokenize: bo
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
+    from worker.vllm_engine import core_stamps
+
     tokenizer = llm.get_tokenizer() if detokenize else None
     counter = iter(range(1 << 62))
 
@@ -276,6 +282,7 @@ def direct_client(llm: Any, ignore_eos: bool, temperature: float, detokenize: bo
         res.start_time = st
         last = st
         try:
+            out = None
             async for out in llm.generate(prompt, sp, request_id=f"direct-{next(counter)}", **kw):
                 n = len(out.outputs[0].token_ids)
                 if n:
@@ -287,6 +294,10 @@ def direct_client(llm: Any, ignore_eos: bool, temperature: float, detokenize: bo
                     last = ts
                     res.output_tokens += n
             res.success = res.ttft > 0.0
+            stamps = core_stamps(getattr(out, "metrics", None))
+            if stamps:  # the core's monotonic clock, as perf_counter's
+                to_perf = time.perf_counter() - time.monotonic()
+                res.core_queued, res.core_scheduled = stamps[0] + to_perf, stamps[1] + to_perf
         except Exception as exc:
             res.error = f"{type(exc).__name__}: {exc}"
         res.latency = last - st

@@ -83,22 +83,44 @@ def cycle_means(stages: dict[str, dict[str, float]]) -> dict[str, float] | None:
 
 
 # the per-job times of a run's `timeline` (--timeline), ms after the run's start
-CLIENT_TIMELINE = ("start", "first", "last")
-JOB_TIMELINE = ("post", "created", "started", "first", "engine_done", "finished", "done")
+CLIENT_TIMELINE = ("start", "first", "last", "queued", "scheduled")
+JOB_TIMELINE = (
+    "post",
+    "created",
+    "started",
+    "queued",
+    "scheduled",
+    "engine_first",
+    "first",
+    "engine_done",
+    "finished",
+    "done",
+)
 
 
 def client_timeline(results: list[RequestResult], perf0: float) -> dict[str, Any]:
     """Each successful request's start, first token and last token, as the client saw
     them, in ms after `perf0` (perf_counter at the run's start), in start order: both
-    sides have it, so a run's arrivals and ends can be lined up with the other side's."""
+    sides have it, so a run's arrivals and ends can be lined up with the other side's.
+    On the direct side also when the engine core queued and first scheduled it (None
+    elsewhere)."""
+
+    def ms(t: float) -> float:
+        return round((t - perf0) * 1000, 1)
+
     rows = sorted(
-        [
-            round((r.start_time - perf0) * 1000, 1),
-            round((r.start_time + r.ttft - perf0) * 1000, 1),
-            round((r.start_time + r.latency - perf0) * 1000, 1),
-        ]
-        for r in results
-        if r.success
+        (
+            [
+                ms(r.start_time),
+                ms(r.start_time + r.ttft),
+                ms(r.start_time + r.latency),
+                ms(r.core_queued) if r.core_queued else None,
+                ms(r.core_scheduled) if r.core_scheduled else None,
+            ]
+            for r in results
+            if r.success
+        ),
+        key=lambda row: row[0],
     )
     return {"fields": list(CLIENT_TIMELINE), "ms": rows}
 
@@ -125,6 +147,9 @@ def job_timeline(
                 ms(r.wall_post),
                 ms(rec.get("created_at")),
                 ms(rec.get("started_at")),
+                ms(rec.get("engine_queued_at")),
+                ms(rec.get("engine_scheduled_at")),
+                ms(rec.get("engine_first_token_at")),
                 ms(rec.get("first_token_at")),
                 ms(rec.get("engine_done_at")),
                 ms(rec.get("finished_at")),

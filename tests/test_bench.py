@@ -584,14 +584,17 @@ def check_timelines(result: dict[str, Any], out: Path, tmp_path: Path) -> None:
     them."""
     for r in result["runs"]:
         t = r["timeline"]
-        assert t["fields"] == ["start", "first", "last"] and len(t["ms"]) == 8
-        assert all(0 <= a <= b <= c for a, b, c in t["ms"])
-        if r["target"] == "genq":
+        assert t["fields"] == ["start", "first", "last", "queued", "scheduled"]
+        assert len(t["ms"]) == 8 and all(0 <= a <= b <= c for a, b, c, _, _ in t["ms"])
+        if r["target"] == "direct":  # the engine core's own stamps, between start and first
+            assert all(a <= q <= s <= b for a, b, _, q, s in t["ms"]), t["ms"]
+        else:
             jt = r["job_timeline"]
             assert jt["fields"][0] == "post" and len(jt["ms"]) == 8
-            for post, created, started, first, done_e, finished, done in jt["ms"]:
-                assert post <= created <= started <= first <= finished <= done
-                assert started <= done_e <= finished
+            for row in jt["ms"]:
+                post, created, started, queued, sched, e_first, first, e_done, fin, done = row
+                assert post <= created <= started <= first <= fin <= done
+                assert started <= queued <= sched <= e_first <= e_done <= fin, row
     png = tmp_path / "waves.png"
     got = waves_main([str(out), "--plot", str(png)])
     assert [row["side"] for row in got["rows"]] == [
@@ -601,6 +604,7 @@ def check_timelines(result: dict[str, Any], out: Path, tmp_path: Path) -> None:
         "direct, round 1",
     ]
     assert all(row["jobs"] == 8 and row["admit_peak"] >= 1 for row in got["rows"])
+    assert all(row["to_core"] is not None and row["in_core"] is not None for row in got["rows"])
     assert png.stat().st_size > 0
 
 

@@ -34,6 +34,10 @@ def test_chat_paris(engine_stack: Stack) -> None:
     # vLLM's engine-core stamp of the last token, as wall time: after the start (the first
     # token may be stored a little after the engine made the last one), before the end
     assert rec["started_at"] < rec["engine_done_at"] <= rec["finished_at"], rec
+    # ... and the engine core's own queued, scheduled and first-token stamps, in order
+    core = ["engine_queued_at", "engine_scheduled_at", "engine_first_token_at", "engine_done_at"]
+    stamps = [rec["started_at"]] + [rec[k] for k in core]
+    assert all(x is not None for x in stamps) and stamps == sorted(stamps), rec
     metrics = httpx.get(f"http://127.0.0.1:{engine_stack.worker_health_port}/metrics").text
     assert "genq_worker_engine_output_lag_seconds_count" in metrics
     count = [

@@ -26,6 +26,9 @@ class EngineOutput:
     # When the engine produced this output's newest token, on the monotonic clock (shared by
     # the host's processes): vLLM's engine-core timestamp. None when the engine gives none.
     engine_ts: float | None = None
+    # On the last output only: when the engine core queued the request, first scheduled it
+    # and produced its first token (the same monotonic clock); None when it gives none.
+    engine_stamps: tuple[float, float, float] | None = None
 
 
 @dataclass(slots=True)

@@ -74,6 +74,7 @@ class _Progress:
     __slots__ = (
         "completion_tokens",
         "engine_done_at",
+        "engine_stamps",
         "finish_reason",
         "job_id",
         "model",
@@ -92,6 +93,8 @@ class _Progress:
         self.prompt_tokens: int | None = None
         self.finish_reason: str | None = None
         self.engine_done_at: float | None = None
+        # the engine core's queued, scheduled and first-token stamps, as wall time
+        self.engine_stamps: tuple[float, float, float] | None = None
         self.tokens_metric = metrics.TOKENS_GENERATED.labels(model)
 
     def on_output(self, out: EngineOutput) -> None:
@@ -116,6 +119,10 @@ class _Progress:
                 lag = max(0.0, time.monotonic() - out.engine_ts)
                 metrics.ENGINE_OUTPUT_LAG.labels(self.model).observe(lag)
                 self.engine_done_at = time.time() - lag
+            if out.engine_stamps:
+                to_wall = time.time() - time.monotonic()
+                q, s, f = out.engine_stamps
+                self.engine_stamps = (q + to_wall, s + to_wall, f + to_wall)
 
 
 class EngineHost:
@@ -327,6 +334,7 @@ class EngineHost:
             finish_reason=progress.finish_reason or "stop",
             usage=usage,
             engine_done_at=progress.engine_done_at,
+            engine_stamps=progress.engine_stamps,
         )
         try:  # with the last delta, in one call (the end event follows it at once)
             ok, status = await self.publisher.finish(job_id, JobStatus.SUCCEEDED.value, fields)

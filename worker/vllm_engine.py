@@ -438,6 +438,7 @@ class _Converter:
         if self.prompt_tokens is None and out.prompt_token_ids is not None:
             self.prompt_tokens = len(out.prompt_token_ids)
         c = out.outputs[0]
+        stats = getattr(out, "metrics", None)  # RequestStateStats (log_stats on)
         return EngineOutput(
             text=c.text,
             new_tokens=len(c.token_ids),
@@ -445,9 +446,23 @@ class _Converter:
             finished=out.finished,
             finish_reason=c.finish_reason,
             logprobs=_logprobs(c, self.tokenizer) if self.logprobs else None,
-            # RequestStateStats (log_stats on): the engine core's monotonic stamp.
-            engine_ts=getattr(getattr(out, "metrics", None), "last_token_ts", None) or None,
+            # the engine core's monotonic stamps
+            engine_ts=getattr(stats, "last_token_ts", None) or None,
+            engine_stamps=core_stamps(stats) if out.finished else None,
         )
+
+
+def core_stamps(stats: Any) -> tuple[float, float, float] | None:
+    """When vLLM's engine core queued a request, first scheduled it and produced its first
+    token (RequestStateStats, its monotonic clock), or None when it did not say: the
+    split of a request's wait for its first token into the frontend's part (add_request
+    until the core has it), the core's queue (waiting for a slot or prefill budget) and its
+    prefill."""
+    q, s, f = (
+        float(getattr(stats, k, 0.0) or 0.0)
+        for k in ("queued_ts", "scheduled_ts", "first_token_ts")
+    )
+    return (q, s, f) if q and s and f else None
 
 
 @contextlib.contextmanager
