@@ -108,20 +108,17 @@ def client_timeline(results: list[RequestResult], perf0: float) -> dict[str, Any
     def ms(t: float) -> float:
         return round((t - perf0) * 1000, 1)
 
-    rows = sorted(
-        (
-            [
-                ms(r.start_time),
-                ms(r.start_time + r.ttft),
-                ms(r.start_time + r.latency),
-                ms(r.core_queued) if r.core_queued else None,
-                ms(r.core_scheduled) if r.core_scheduled else None,
-            ]
-            for r in results
-            if r.success
-        ),
-        key=lambda row: row[0],
-    )
+    rows: list[list[float | None]] = [
+        [
+            ms(r.start_time),
+            ms(r.start_time + r.ttft),
+            ms(r.start_time + r.latency),
+            ms(r.core_queued) if r.core_queued else None,
+            ms(r.core_scheduled) if r.core_scheduled else None,
+        ]
+        for r in sorted(results, key=lambda r: r.start_time)
+        if r.success
+    ]
     return {"fields": list(CLIENT_TIMELINE), "ms": rows}
 
 
