@@ -160,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sim-step-ms", type=float, default=10.0, help="simulated engine step")
     w.add_argument("--sim-tokens-per-step", type=int, default=1)
     w.add_argument(
+        "--sim-prefill-per-step",
+        type=int,
+        default=0,
+        help="simulated engine: one step for the whole batch, as vLLM runs, admitting at most "
+        "this many waiting requests per step (vLLM's prefill budget: 16 prompts of 512 tokens "
+        "in 8,192); 0 (default): every request steps on its own clock",
+    )
+    w.add_argument(
+        "--sim-prefill-step-ms",
+        type=float,
+        default=0.0,
+        help="with --sim-prefill-per-step: how much longer a step that admits requests takes",
+    )
+    w.add_argument(
         "--sim-stamp",
         action="store_true",
         help="simulated engine: append each step's emit time to its text (relay benchmark)",
@@ -189,16 +203,25 @@ def _env_int(name: str) -> int | None:
 def build_engine(args: argparse.Namespace) -> Any:
     if args.engine == "simulated":
         from worker.simulated_engine import SimulatedEngine
+        from worker.simulated_lockstep import LockstepEngine
 
-        return SimulatedEngine(
-            args.served_model_name or args.model or "simulated",
-            step_s=args.sim_step_ms / 1000,
-            tokens_per_step=args.sim_tokens_per_step,
-            max_num_seqs=args.max_num_seqs or 256,
-            max_model_len=args.max_model_len or 4096,
-            stamp=args.sim_stamp,
-            lora_adapters=[m.split("=", 1)[0] for m in args.lora_modules],
-        )
+        sim: dict[str, Any] = {
+            "step_s": args.sim_step_ms / 1000,
+            "tokens_per_step": args.sim_tokens_per_step,
+            "max_num_seqs": args.max_num_seqs or 256,
+            "max_model_len": args.max_model_len or 4096,
+            "stamp": args.sim_stamp,
+            "lora_adapters": [m.split("=", 1)[0] for m in args.lora_modules],
+        }
+        name = args.served_model_name or args.model or "simulated"
+        if args.sim_prefill_per_step:
+            return LockstepEngine(
+                name,
+                prefill_per_step=args.sim_prefill_per_step,
+                prefill_step_s=args.sim_prefill_step_ms / 1000,
+                **sim,
+            )
+        return SimulatedEngine(name, **sim)
     from common.settings import DEFAULT_MODEL_NAME
     from worker.vllm_engine import EngineOptions, VllmEngine, _on_cpu
 

@@ -62,7 +62,9 @@ class SimulatedEngine:
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.info.max_num_seqs)  # bind to the running loop
 
-    async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
+    def _admit(self, request: JobRequest) -> tuple[int, int, float]:
+        """A request's checks and fault directives before it runs: (prompt tokens, tokens
+        to make, its [sim:prefill_ms] delay in s); raises as the engine would refuse it."""
         if self._dead:
             raise EngineError("engine_error", "the inference engine died")
         directives = _directives(request)
@@ -80,6 +82,10 @@ class SimulatedEngine:
             )
         max_tokens = request.params.max_tokens or self.default_max_tokens
         max_tokens = min(max_tokens, self.info.max_model_len - prompt_tokens)
+        return prompt_tokens, max_tokens, float(directives.get("prefill_ms") or 0) / 1000
+
+    async def generate(self, job_id: str, request: JobRequest) -> AsyncIterator[EngineOutput]:
+        prompt_tokens, max_tokens, prefill_s = self._admit(request)
         stops = request.params.stop or []
         self._waiting += 1
         try:
@@ -89,8 +95,8 @@ class SimulatedEngine:
         try:
             self._running.add(job_id)
             try:
-                if "prefill_ms" in directives:
-                    await asyncio.sleep(float(directives["prefill_ms"]) / 1000)
+                if prefill_s:
+                    await asyncio.sleep(prefill_s)
                 made = 0
                 while made < max_tokens:
                     await asyncio.sleep(self.step_s)
