@@ -162,7 +162,11 @@ def plot(runs: list[dict[str, Any]], rnd: Any, path: Path, bin_ms: float = 50.0)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sides = [r for r in runs if r.get("round") == rnd and admissions_and_ends(r)[0]]
+    timed = [r for r in runs if admissions_and_ends(r)[0]]
+    # a result without rounds (no --interleave): each of its runs
+    sides = [r for r in timed if r.get("round") == rnd] or [r for r in timed if "round" not in r]
+    if not sides:
+        raise SystemExit(f"benchmarks.waves: no run with a timeline in round {rnd} to plot")
     fig, axes = plt.subplots(len(sides), 1, figsize=(11, 2.6 * len(sides)), sharex=True)
     axes = axes if len(sides) > 1 else [axes]
     for ax, run in zip(axes, sides, strict=True):

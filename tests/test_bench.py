@@ -608,6 +608,28 @@ def check_timelines(result: dict[str, Any], out: Path, tmp_path: Path) -> None:
     assert png.stat().st_size > 0
 
 
+def test_waves_reads_a_result_without_rounds(tmp_path: Path) -> None:
+    """A plain run (no --interleave) is tabled and plotted too; a file without timelines
+    says so instead of drawing nothing."""
+    rows = [[float(i * 10), float(i * 10 + 5), float(i * 10 + 50), None, None] for i in range(20)]
+    run = {
+        "target": "genq",
+        "max_concurrency": 4,
+        "timeline": {"fields": ["start", "first", "last", "queued", "scheduled"], "ms": rows},
+        "engine_batch": {"running_mean": 3.9},
+    }
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps({"runs": [run]}))
+    png = tmp_path / "plain.png"
+    got = waves_main([str(path), "--plot", str(png)])
+    assert got["rows"][0]["jobs"] == 20 and got["rows"][0]["first_wait"] == (5.0, 5.0)
+    assert got["rows"][0]["to_core"] is None and png.stat().st_size > 0
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"runs": [{"target": "genq", "max_concurrency": 4}]}))
+    with pytest.raises(SystemExit):
+        waves_main([str(empty), "--plot", str(tmp_path / "none.png")])
+
+
 def test_waves_crowding_and_peak() -> None:
     """Crowding: the mean count of times within 50 ms either side (itself included); peak:
     the most in any 100 ms."""
