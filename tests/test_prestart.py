@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from common.celery_wire import task_message
-from worker import celery_app
+from worker import celery_app, kombu_fetch
 from worker.host import NotAccepting
 from worker.job_pipe import HostProxy
 
@@ -96,3 +96,49 @@ def test_the_strategy_prestarts_genq_jobs_before_celerys_handler(
     handle(SimpleNamespace(body=b"\x80 not json"), None, None, None, [])
     assert calls[:2] == [("prestart", "job_1"), ("celery", genq_msg)]
     assert [c[0] for c in calls[2:]] == ["celery", "celery"]  # passed through untouched
+
+
+def test_a_fetched_batch_is_started_before_celery_handles_any_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A BLMPOP reply of several messages: every genq job of it goes to the engine process
+    (`prestart_fetched`) before the first message is delivered to Celery; other messages
+    are left alone, and a single message is left to its strategy."""
+    calls: list[tuple[str, Any]] = []
+
+    class Runner:
+        def run_job_blocking(self, job_id: str) -> str:
+            raise AssertionError("not called at fetch")
+
+        def prestart(self, job_id: str) -> None:
+            calls.append(("prestart", job_id))
+
+    monkeypatch.setattr(celery_app, "_host", Runner())
+    monkeypatch.setattr(kombu_fetch, "on_fetched", celery_app.prestart_fetched)
+    envelopes = [
+        task_message("genq.generate", args, {}, queue="genq.m", priority=5)[1]
+        for args in (["job_a"], ["not-a-job"], ["job_b"])
+    ]
+
+    def channel(items: list[str]) -> Any:
+        ch = object.__new__(kombu_fetch.BatchedFetchChannel)
+        ch._sent_count = len(items)
+        ch.sep = "\x06\x16"
+        ch.connection_errors = ()
+        ch.client = SimpleNamespace(
+            connection=None, parse_response=lambda *a, **kw: (b"genq.m", items)
+        )
+        ch.connection = SimpleNamespace(
+            _deliver=lambda message, dest: calls.append(("deliver", message["headers"]["id"]))
+        )
+        ch._queue_cycle = SimpleNamespace(rotate=lambda dest: None)
+        ch._flush_brpop_reauth = lambda: None
+        return ch
+
+    assert channel(envelopes)._brpop_read() is True
+    kinds = [c[0] for c in calls]
+    assert calls[:2] == [("prestart", "job_a"), ("prestart", "job_b")]
+    assert kinds[2:] == ["deliver", "deliver", "deliver"]
+    calls.clear()
+    assert channel(envelopes[:1])._brpop_read() is True  # one message: its strategy starts it
+    assert [c[0] for c in calls] == ["deliver"]

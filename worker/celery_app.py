@@ -26,6 +26,7 @@ from common.taskspec import (
     TASK_NAME,
     broker_transport_options,
     job_arg,
+    job_arg_of_envelope,
     job_id_from_message,
     shadow_name,
 )
@@ -143,6 +144,18 @@ def prestart_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> 
         return handle(message, body, *args, **kw)
 
     return task_message_handler
+
+
+def prestart_fetched(messages: list[dict[str, Any]]) -> None:
+    """Each genq job of a batch the consumer fetched at once (worker/kombu_fetch.py), sent
+    to the engine process before Celery handles any of their messages; `prestart_strategy`
+    then finds each one started. Messages that are not genq's are left alone."""
+    if _host is None:
+        return
+    for message in messages:
+        job_id = job_arg_of_envelope(message)
+        if job_id is not None:
+            _host.prestart(job_id)
 
 
 def resend_task(app: Celery) -> Any:

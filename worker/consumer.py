@@ -98,7 +98,8 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
 
     from common.logs import setup_logging
     from common.settings import get_settings
-    from worker.celery_app import attach_host, make_celery
+    from worker import kombu_fetch
+    from worker.celery_app import attach_host, make_celery, prestart_fetched
     from worker.celery_events import TimedEventsConsumer
     from worker.job_pipe import HostProxy
     from worker.kombu_fetch import use_batched_fetch
@@ -118,6 +119,7 @@ def run_consumer(spec: ConsumerSpec, conn: Connection, parent_pid: int) -> None:
     use_batched_fetch()
     proxy = HostProxy(conn, stop_consuming)
     attach_host(proxy)
+    kombu_fetch.on_fetched = prestart_fetched
     worker_ready.connect(lambda **_: proxy.send(("ready",)), weak=False)
     worker = app.Worker(
         pool="threads",

@@ -25,6 +25,7 @@ the worker, as one popped by BRPOP was, and genq's reaper re-sends its job
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -32,6 +33,12 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 log = logging.getLogger("genq.worker")
+
+# Called with the messages of each BLMPOP reply of more than one, before any of them is
+# delivered: worker/consumer.py sets it (celery_app.prestart_fetched) so that every job of
+# the reply goes to the engine process at once, instead of each waiting for Celery to
+# handle the messages before it (~1 ms each: in a burst of 100 the last waited ~100 ms).
+on_fetched: Callable[[list[dict[str, Any]]], None] | None = None
 
 
 def _blmpop_supported(channel: Any) -> bool:
@@ -86,8 +93,14 @@ class BatchedFetchChannel(kombu_redis.Channel):  # type: ignore[misc]
             key, items = reply
             dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            for item in items:
-                self.connection._deliver(loads(bytes_to_str(item)), dest)
+            messages = [loads(bytes_to_str(item)) for item in items]
+            if on_fetched is not None and len(messages) > 1:
+                try:
+                    on_fetched(messages)
+                except Exception:  # their strategy starts each job as the message comes
+                    log.exception("starting a fetched batch of jobs failed")
+            for message in messages:
+                self.connection._deliver(message, dest)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # kombu: = False
