@@ -32,6 +32,20 @@ def _message(args: list[Any]) -> SimpleNamespace:
     return SimpleNamespace(body=base64.b64decode(envelope["body"]), headers=envelope["headers"])
 
 
+class _Runner:
+    """A JobRunner that records what is started: neither the strategy nor the fetch runs a
+    task."""
+
+    def __init__(self, calls: list[tuple[str, Any]]):
+        self.calls = calls
+
+    def run_job_blocking(self, job_id: str) -> str:
+        raise AssertionError("a task is not run here")
+
+    def prestart(self, job_id: str) -> None:
+        self.calls.append(("prestart", job_id))
+
+
 def test_a_prestarted_job_is_sent_once_and_its_task_gets_the_outcome() -> None:
     ours, theirs = socket.socketpair()
     engine = Connection(theirs.detach())
@@ -76,18 +90,11 @@ def test_the_strategy_prestarts_genq_jobs_before_celerys_handler(
 ) -> None:
     calls: list[tuple[str, Any]] = []
 
-    class Runner:
-        def run_job_blocking(self, job_id: str) -> str:
-            raise AssertionError("not called by the strategy")
-
-        def prestart(self, job_id: str) -> None:
-            calls.append(("prestart", job_id))
-
     def default(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         return lambda message, body, *a, **kw: calls.append(("celery", message))
 
     monkeypatch.setattr("celery.worker.strategy.default", default)
-    monkeypatch.setattr(celery_app, "_host", Runner())
+    monkeypatch.setattr(celery_app, "_host", _Runner(calls))
     handle = celery_app.prestart_strategy(None, None, None)  # type: ignore[arg-type]
 
     genq_msg, other = _message(["job_1", "x"]), _message(["not-a-job"])
@@ -105,15 +112,7 @@ def test_a_fetched_batch_is_started_before_celery_handles_any_of_it(
     (`prestart_fetched`) before the first message is delivered to Celery; other messages
     are left alone, and a single message is left to its strategy."""
     calls: list[tuple[str, Any]] = []
-
-    class Runner:
-        def run_job_blocking(self, job_id: str) -> str:
-            raise AssertionError("not called at fetch")
-
-        def prestart(self, job_id: str) -> None:
-            calls.append(("prestart", job_id))
-
-    monkeypatch.setattr(celery_app, "_host", Runner())
+    monkeypatch.setattr(celery_app, "_host", _Runner(calls))
     monkeypatch.setattr(kombu_fetch, "on_fetched", celery_app.prestart_fetched)
     envelopes = [
         task_message("genq.generate", args, {}, queue="genq.m", priority=5)[1]
