@@ -104,27 +104,34 @@ class SimulatedEngine:
                         raise EngineError("engine_error", "the inference engine died")
                     if job_id in self._aborted:
                         return
-                    n = min(self.tokens_per_step, max_tokens - made)
-                    words = [f"tok{made + i}" for i in range(n)]
-                    made += n
-                    text = "".join(" " + w if (made - n + i) else w for i, w in enumerate(words))
-                    if self.stamp:
-                        text += f"@{time.time():.6f}"
-                    hit = next((s for s in stops if s in text), None)
-                    now = time.monotonic()
-                    if hit is not None:
-                        yield EngineOutput(
-                            text[: text.index(hit)], n, prompt_tokens, True, "stop", engine_ts=now
-                        )
+                    out = self._step(made, max_tokens, prompt_tokens, stops, time.monotonic())
+                    made += out.new_tokens
+                    yield out
+                    if out.finished:
                         return
-                    done = made >= max_tokens
-                    reason = "length" if done else None
-                    yield EngineOutput(text, n, prompt_tokens, done, reason, engine_ts=now)
             finally:
                 self._running.discard(job_id)
                 self._aborted.discard(job_id)
         finally:
             self._slots.release()
+
+    def _step(
+        self, made: int, max_tokens: int, prompt_tokens: int, stops: list[str], now: float
+    ) -> EngineOutput:
+        """One step's output for a request that has `made` tokens: up to `tokens_per_step`
+        more ("tok<i>" words; with `stamp`, the emit time after them), cut before the first
+        stop string it holds; finished at a stop or at `max_tokens`."""
+        n = min(self.tokens_per_step, max_tokens - made)
+        text = "".join(f" tok{made + i}" if made + i else "tok0" for i in range(n))
+        if self.stamp:
+            text += f"@{time.time():.6f}"
+        hit = next((s for s in stops if s in text), None)
+        if hit is not None:
+            return EngineOutput(
+                text[: text.index(hit)], n, prompt_tokens, True, "stop", engine_ts=now
+            )
+        done = made + n >= max_tokens
+        return EngineOutput(text, n, prompt_tokens, done, "length" if done else None, engine_ts=now)
 
     async def abort(self, job_id: str) -> None:
         self.aborts.append(job_id)

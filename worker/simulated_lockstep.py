@@ -143,26 +143,11 @@ class LockstepEngine(SimulatedEngine):
                 self._emit(req, now)
 
     def _emit(self, req: _Request, now: float) -> None:
-        n = min(self.tokens_per_step, req.max_tokens - req.made)
-        words = [f"tok{req.made + i}" for i in range(n)]
-        text = "".join(" " + w if (req.made + i) else w for i, w in enumerate(words))
-        req.made += n
+        out = self._step(req.made, req.max_tokens, req.prompt_tokens, req.stops, now)
+        req.made += out.new_tokens
         if not req.first_ts:
             req.first_ts = now
-        if self.stamp:
-            text += f"@{time.time():.6f}"
-        hit = next((s for s in req.stops if s in text), None)
-        done = hit is not None or req.made >= req.max_tokens
-        reason = ("stop" if hit is not None else "length") if done else None
-        out = EngineOutput(
-            text[: text.index(hit)] if hit is not None else text,
-            n,
-            req.prompt_tokens,
-            done,
-            reason,
-            engine_ts=now,
-            engine_stamps=(req.queued_ts, req.scheduled_ts, req.first_ts) if done else None,
-        )
-        if done:
+        if out.finished:
+            out.engine_stamps = (req.queued_ts, req.scheduled_ts, req.first_ts)
             self._drop(req)
         req.out.put_nowait(out)
