@@ -53,11 +53,6 @@ class Waits:
         self.first: list[float] = []
 
 
-def _col(table: dict[str, Any], row: list[Any], name: str) -> Any:
-    fields = table["fields"]
-    return row[fields.index(name)] if name in fields else None
-
-
 def admissions_and_ends(run: dict[str, Any]) -> tuple[list[float], list[float], Waits]:
     """(admission times, end times, waits) of a run in ms, from its timeline: genq's
     `job_timeline` (the engine's own stamps) when it has one, else the client's. An
@@ -69,16 +64,26 @@ def admissions_and_ends(run: dict[str, Any]) -> tuple[list[float], list[float], 
     t = jt or run.get("timeline")
     if not t:
         return [], [], waits
-    start_col, end_col, first_col = (
-        ("started", "engine_done", "first") if jt else ("start", "last", "first")
+    index = {name: i for i, name in enumerate(t["fields"])}
+    # each column's index, or None where this timeline has no such column (older results)
+    i_start, i_end, i_first, i_queued, i_scheduled = (
+        index.get(name)
+        for name in (
+            ("started", "engine_done", "first", "queued", "scheduled")
+            if jt
+            else ("start", "last", "first", "queued", "scheduled")
+        )
     )
+
+    def col(row: list[Any], i: int | None) -> Any:
+        return row[i] if i is not None else None
+
     starts, ends = [], []
     for row in t["ms"]:
-        start, end = _col(t, row, start_col), _col(t, row, end_col)
+        start, end = col(row, i_start), col(row, i_end)
         if start is None or not end:
             continue
-        queued, scheduled = _col(t, row, "queued"), _col(t, row, "scheduled")
-        first = _col(t, row, first_col)
+        queued, scheduled, first = col(row, i_queued), col(row, i_scheduled), col(row, i_first)
         starts.append(queued if queued is not None else start)
         ends.append(end)
         if first is not None:
