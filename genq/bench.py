@@ -238,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument(
         "--timeline",
         action="store_true",
-        help="keep each request's times in the results (`timeline`: start, first and last "
-        "token; genq's `job_timeline`: POST, created, started, engine done, finished, done; "
-        "ms after the run's start) for `python -m benchmarks.waves`: whether jobs reach the "
-        "engine spread out or in waves (~100 KB per run of 2,560 jobs)",
+        help="keep each request's times in the results, ms after the run's start, for "
+        "`python -m benchmarks.waves` (whether jobs reach the engine spread out or in waves; "
+        "~100-300 KB per run of 2,560 jobs): `timeline` (start, first and last token, and on "
+        "the direct side when the engine core queued and first scheduled it) and genq's "
+        "`job_timeline` (POST, created, started, queued, scheduled, engine first token, first "
+        "delta written, engine done, finished, done)",
     )
     ld.add_argument("--out", type=Path, default=None, help="full results (JSON)")
     ld.add_argument("--label", default="", help="free text stored with the results")
